@@ -1,0 +1,140 @@
+"""``results.json``: what ran and what it gave, readable without anything else."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from callbacks.epoch_history import EpochHistory
+from datamodules.splitting import split_counts
+from medrepro.environment import device_description, package_versions
+
+FILENAME = "results.json"
+
+
+class ResultsJSON(pl.Callback):
+    """Resolved config, data facts, final validation and test metrics, confusion
+    matrices, seconds per epoch, versions and device. Rewritten after every stage, with
+    ``status`` ``running`` until the test stage has ended, then ``completed``."""
+
+    def __init__(self, output_dir: str, run_config: dict | None = None) -> None:
+        self.path = Path(output_dir) / FILENAME
+        self.results: dict = {"status": "running", "run_dir": str(Path(output_dir).resolve())}
+        if run_config is not None:
+            self.results["config"] = run_config
+        self._started = time.perf_counter()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if "started_at" not in self.results:
+            self.results["started_at"] = _now()
+            self.results["versions"] = package_versions()
+            self.results["device"] = device_description(type(trainer.accelerator).__name__
+                                                        .replace("Accelerator", "").lower())
+            self.results["precision"] = str(trainer.precision)
+            self.results["data"] = _data_facts(trainer.datamodule)
+            self.write()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.results["val_final_epoch"] = _stage_metrics(trainer, "val")
+        self.results["epochs_run"] = trainer.current_epoch + 1 if trainer.current_epoch >= 0 else 0
+        history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
+        if history is not None and history.rows:
+            seconds = history.epoch_seconds
+            self.results["epoch_seconds"] = seconds
+            self.results["seconds_per_epoch"] = round(sum(seconds) / len(seconds), 3)
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
+            self.results["checkpoint"] = {
+                "best": checkpoint.best_model_path,
+                "monitor": checkpoint.monitor,
+                "best_score": _number(checkpoint.best_model_score),
+                "last": getattr(checkpoint, "last_model_path", "") or None,
+            }
+        self.write()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self.results["val"] = _stage_metrics(trainer, "val")
+            self._confusion(pl_module, "val")
+            self.write()
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.results["test"] = _stage_metrics(trainer, "test")
+        self._confusion(pl_module, "test")
+        self.results["status"] = "completed"
+        self.results["finished_at"] = _now()
+        self.results["total_seconds"] = round(time.perf_counter() - self._started, 1)
+        self.write()
+
+    def _confusion(self, pl_module: pl.LightningModule, stage: str) -> None:
+        matrix = getattr(pl_module, "confusion_matrices", {}).get(stage)
+        if matrix is not None:
+            self.results.setdefault("confusion_matrix", {})[stage] = {
+                "classes": list(pl_module.class_names),
+                "rows_true_columns_predicted": matrix,
+            }
+
+    def write(self) -> None:
+        write_results(self.path, self.results)
+
+
+def write_results(path: Path, results: dict) -> None:
+    """Write atomically, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(results, indent=2, default=str, allow_nan=True))
+    temporary.replace(path)
+
+
+def mark_failed(output_dir: str | Path, status: str, message: str) -> None:
+    """Record in the run's results.json that it ``failed`` (or ``diverged``) and why."""
+    path = Path(output_dir) / FILENAME
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.update(status=status, error=message, finished_at=_now())
+    write_results(path, results)
+
+
+def _stage_metrics(trainer: pl.Trainer, stage: str) -> dict[str, float]:
+    prefix = f"{stage}/"
+    return {
+        key[len(prefix):]: _number(value)
+        for key, value in sorted(trainer.callback_metrics.items())
+        if key.startswith(prefix)
+    }
+
+
+def _data_facts(datamodule) -> dict:
+    if datamodule is None or getattr(datamodule, "manifest", None) is None:
+        return {}
+    settings = datamodule.split_settings
+    grouped = bool(settings.get("group_by_patient", False))
+    mode = settings.get("mode", "ratios")
+    classes = list(datamodule.class_names)
+    return {
+        "name": datamodule.name,
+        "root": str(datamodule.root),
+        "classes": classes,
+        "positive_class": classes[1] if len(classes) == 2 else None,
+        "channels": datamodule.channels,
+        "image_size": datamodule.image_size,
+        "split_mode": mode,
+        "group_by_patient": grouped,
+        "patient_leakage_possible": None if mode == "given" else not grouped,
+        "split_counts": split_counts(datamodule.manifest).to_dict(orient="index"),
+    }
+
+
+def _number(value) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

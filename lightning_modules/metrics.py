@@ -1,0 +1,98 @@
+"""Every metric the papers report, as torchmetrics updated on the device per batch and
+read once per epoch.
+
+Binary tasks (two classes) score the probability of the positive class (label 1) with
+a decision threshold (0.5 by default): accuracy, precision, recall (sensitivity), F1,
+specificity, AUROC. Multi-class tasks use argmax and macro averages, except accuracy,
+which is the plain fraction correct. Both report the mean squared error between the
+predicted probabilities and the one-hot label (study 3's "MSE"), the mean loss, the
+confusion matrix (rows = true class, columns = predicted class) and precision, recall
+and F1 of every class.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
+from torchmetrics import classification as tmc
+
+
+class ClassificationMetrics(nn.Module):
+    """Stateful metrics of one stage (train, val or test)."""
+
+    def __init__(self, class_names: list[str], threshold: float = 0.5) -> None:
+        super().__init__()
+        self.class_names = list(class_names)
+        self.binary = len(class_names) == 2
+        self.threshold = float(threshold)
+        n = len(class_names)
+        if self.binary:
+            summary = {
+                "acc": tmc.BinaryAccuracy(threshold=threshold),
+                "precision": tmc.BinaryPrecision(threshold=threshold),
+                "recall": tmc.BinaryRecall(threshold=threshold),
+                "f1": tmc.BinaryF1Score(threshold=threshold),
+                "specificity": tmc.BinarySpecificity(threshold=threshold),
+                "auroc": tmc.BinaryAUROC(),
+            }
+        else:
+            summary = {
+                "acc": tmc.MulticlassAccuracy(n, average="micro"),
+                "precision": tmc.MulticlassPrecision(n, average="macro"),
+                "recall": tmc.MulticlassRecall(n, average="macro"),
+                "f1": tmc.MulticlassF1Score(n, average="macro"),
+                "specificity": tmc.MulticlassSpecificity(n, average="macro"),
+                "auroc": tmc.MulticlassAUROC(n, average="macro"),
+            }
+        self.summary = MetricCollection(summary)
+        self.per_class = MetricCollection(
+            {
+                "precision": tmc.MulticlassPrecision(n, average=None),
+                "recall": tmc.MulticlassRecall(n, average=None),
+                "f1": tmc.MulticlassF1Score(n, average=None),
+            }
+        )
+        self.mse = MeanSquaredError()
+        self.loss = MeanMetric()
+        self.confusion = tmc.MulticlassConfusionMatrix(n)
+        self.keys = [_key(name) for name in self.class_names]
+
+    def predicted_labels(self, probabilities: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return (probabilities[:, 1] >= self.threshold).long()
+        return probabilities.argmax(dim=1)
+
+    @torch.no_grad()
+    def update(self, probabilities: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
+        """``probabilities``: ``[B, C]``; ``target``: ``[B]`` integer labels."""
+        target = target.long()
+        scores = probabilities[:, 1] if self.binary else probabilities
+        self.summary.update(scores, target)
+        predicted = self.predicted_labels(probabilities)
+        self.per_class.update(predicted, target)
+        self.confusion.update(predicted, target)
+        one_hot = nn.functional.one_hot(target, len(self.class_names)).to(probabilities.dtype)
+        self.mse.update(probabilities, one_hot)
+        self.loss.update(loss.detach(), weight=target.numel())
+
+    def compute(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Scalar metrics by name, and the confusion matrix."""
+        values = dict(self.summary.compute())
+        values["mse"] = self.mse.compute()
+        values["loss"] = self.loss.compute()
+        for metric, per_class in self.per_class.compute().items():
+            for key, value in zip(self.keys, per_class):
+                values[f"{metric}_{key}"] = value
+        return values, self.confusion.compute()
+
+    def reset(self) -> None:
+        for metric in (self.summary, self.per_class, self.mse, self.loss, self.confusion):
+            metric.reset()
+
+
+def _key(class_name: str) -> str:
+    """A class name usable inside a metric key (``COVID-19`` -> ``covid_19``)."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", class_name).strip("_").lower() or "class"

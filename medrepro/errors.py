@@ -1,0 +1,17 @@
+"""Errors a user can cause and fix: they stop a run with one clear sentence, no stack trace."""
+
+
+class UserError(Exception):
+    """A mistake in the user's data, files or configuration.
+
+    The message is a complete sentence that says what is wrong and what to do about it;
+    the entry scripts print it alone, without a traceback.
+    """
+
+
+class DataError(UserError):
+    """The data on disk does not match what the configuration expects."""
+
+
+class ConfigError(UserError):
+    """A configuration value is invalid or contradicts another one."""
