@@ -89,10 +89,12 @@ def _to_unit_float(array: np.ndarray) -> np.ndarray:
 def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3:
-        raise DataError(f"Image with shape {array.shape} is neither grayscale nor colour.")
-    if array.shape[2] in (2, 4):  # LA or RGBA: drop alpha
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar TIFF: samples first
+    if array.ndim == 3 and array.shape[2] in (2, 4):  # LA or RGBA: drop alpha
         array = array[:, :, :-1]
+    if array.ndim != 3 or array.shape[2] not in (1, 3):
+        raise DataError(f"Image with shape {array.shape} is neither grayscale nor colour.")
     if array.shape[2] == channels:
         return np.ascontiguousarray(array, dtype=np.float32)
     if channels == 1:

@@ -1,0 +1,100 @@
+"""Backbones, heads and losses: every model x channels x binary/multi-class."""
+
+import pytest
+import timm
+import torch
+import torchvision
+
+from lightning_modules.backbone import create_backbone
+from lightning_modules.image_classifier import ImageClassifier
+from lightning_modules.losses import build_loss
+from medrepro.errors import ConfigError, UserError
+
+MODELS = ["inception_v3", "legacy_xception", "vgg16"]
+
+
+def classifier(name, classes, channels, loss="auto", **kwargs):
+    return ImageClassifier(
+        name=name,
+        class_names=classes,
+        in_chans=channels,
+        loss=build_loss(len(classes), loss),
+        optimizer=lambda params: torch.optim.Adam(params),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("classes", [["neg", "pos"], ["normal", "pneumonia", "covid"]])
+def test_output_shapes_and_probabilities(name, channels, classes):
+    model = classifier(name, classes, channels).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, channels, 80, 80))
+        probabilities = model.predict_probabilities(torch.rand(2, channels, 80, 80))
+    binary = len(classes) == 2
+    assert logits.shape == (2, 1 if binary else len(classes))
+    assert probabilities.shape == (2, len(classes))
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(2))
+
+
+def test_vgg16_bn_by_model_name():
+    model = classifier("vgg16_bn", ["a", "b", "c"], 1).eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert model(torch.rand(1, 1, 64, 64)).shape == (1, 3)
+
+
+def test_ce_on_binary_data_gives_two_softmax_outputs_and_bce_refuses_three_classes():
+    model = classifier("inception_v3", ["a", "b"], 1, loss="ce").eval()
+    assert model(torch.rand(2, 1, 80, 80)).shape == (2, 2)
+    with pytest.raises(ConfigError, match="loss=bce needs exactly two classes"):
+        build_loss(3, "bce")
+
+
+def test_binary_loss_is_bce_of_the_sigmoid():
+    loss = build_loss(2, "auto")
+    logits = torch.tensor([[2.0], [-1.0]])
+    target = torch.tensor([1, 0])
+    expected = -(torch.log(torch.sigmoid(torch.tensor(2.0))) + torch.log(1 - torch.sigmoid(torch.tensor(-1.0)))) / 2
+    assert float(loss(logits, target)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_normalisation_follows_the_pretrained_config():
+    model = classifier("vgg16", ["a", "b"], 1)
+    imagenet_mean = sum(timm.data.IMAGENET_DEFAULT_MEAN) / 3
+    assert float(model.mean.flatten()[0]) == pytest.approx(imagenet_mean)
+    assert classifier("legacy_xception", ["a", "b"], 3).mean.flatten().tolist() == [0.5] * 3
+
+
+def test_unknown_model_name_is_a_user_error():
+    with pytest.raises(ConfigError, match="Did you mean inception_v3"):
+        create_backbone("inceptionv3", 1, 1)
+
+
+def test_any_timm_model_by_name():
+    model = create_backbone("resnet18", num_outputs=3, in_chans=1)
+    assert model(torch.rand(1, 1, 64, 64)).shape == (1, 3)
+
+
+def test_local_timm_weights_adapt_input_channels_and_new_head(tmp_path):
+    source = timm.create_model("inception_v3", pretrained=False)  # 3 channels, 1000 classes
+    torch.save(source.state_dict(), tmp_path / "timm.pth")
+    model = create_backbone("inception_v3", num_outputs=1, in_chans=1, weights=str(tmp_path / "timm.pth"))
+    rgb_conv = source.Conv2d_1a_3x3.conv.weight
+    torch.testing.assert_close(model.Conv2d_1a_3x3.conv.weight, rgb_conv.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.Mixed_7c.branch1x1.conv.weight, source.Mixed_7c.branch1x1.conv.weight)
+    assert model.fc.weight.shape == (1, 2048)
+
+
+def test_torchvision_vgg16_weights_are_converted(tmp_path):
+    source = torchvision.models.vgg16()
+    torch.save(source.state_dict(), tmp_path / "tv_vgg16.pth")
+    model = create_backbone("vgg16", num_outputs=2, in_chans=3, weights=str(tmp_path / "tv_vgg16.pth"))
+    torch.testing.assert_close(model.features[28].weight, source.features[28].weight)
+    # torchvision's first fully connected layer becomes timm's 7x7 convolution
+    torch.testing.assert_close(model.pre_logits.fc1.weight.flatten(1), source.classifier[0].weight)
+
+
+def test_missing_weights_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="model.weights file not found"):
+        create_backbone("inception_v3", 1, 1, weights=str(tmp_path / "nope.pth"))
