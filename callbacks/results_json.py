@@ -41,7 +41,7 @@ class ResultsJSON(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.results["val_final_epoch"] = _stage_metrics(trainer, "val")
-        self.results["epochs_run"] = trainer.current_epoch + 1 if trainer.current_epoch >= 0 else 0
+        self.results["epochs_run"] = trainer.current_epoch  # epochs completed
         history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
         if history is not None and history.rows:
             seconds = history.epoch_seconds

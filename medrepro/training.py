@@ -103,14 +103,37 @@ def run_job(cfg: DictConfig) -> float | None:
     """
     try:
         metrics = train(cfg)
-    except UserError as error:
+    except Exception as raised:
+        error = _user_error_behind(raised)
+        if error is None:
+            raise
         status = "diverged" if isinstance(error, TrainingDiverged) else "failed"
-        _report_failure(cfg, status, str(error))
+        _report_failure(cfg, status, _sentence(error))
         if _is_multirun():
             return None
         raise SystemExit(1) from None
     optimised = cfg.get("optimized_metric")
     return metrics.get(optimised) if optimised else None
+
+
+def _user_error_behind(error: BaseException | None) -> UserError | None:
+    """The UserError that caused ``error`` (Hydra wraps errors raised while instantiating)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _sentence(error: UserError) -> str:
+    """The user's sentence, also when a DataLoader worker re-raised the error with the
+    worker's traceback folded into the message."""
+    message = str(error).strip()
+    if "Original Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 def _report_failure(cfg: DictConfig, status: str, message: str) -> None:

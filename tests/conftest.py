@@ -19,10 +19,8 @@ CONFIG_DIR = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Overrides that make a full train/validate/test run take seconds on a CPU.
-TINY_RUN = [
+TINY_TRAINING = [
     "data.image_size=80",
-    "data.source.image_size=96",
-    "data.source.images_per_class=16",
     "trainer.batch_size=4",
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
@@ -30,6 +28,8 @@ TINY_RUN = [
     "trainer.enable_progress_bar=false",
     "logger=none",
 ]
+TINY_DEMO = ["data.source.image_size=96", "data.source.images_per_class=16"]
+TINY_RUN = TINY_DEMO + TINY_TRAINING
 
 
 def compose_config(overrides: list[str], output_dir: Path, demo_dir: Path | None = None) -> DictConfig:
