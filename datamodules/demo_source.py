@@ -34,9 +34,9 @@ class DemoSource:
         self.image_size = image_size
         self.images_per_class = images_per_class
         self.seed = seed
-        self.folder_settings = dict(
-            layout=layout, class_names=class_names, patient_id_regex=patient_id_regex
-        )
+        self.folder_settings = {
+            "layout": layout, "class_names": class_names, "patient_id_regex": patient_id_regex
+        }
         self.data_dir: Path | None = None
 
     def prepare(self) -> None:

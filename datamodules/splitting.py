@@ -127,8 +127,8 @@ def _targets_from_ratios(ratios, class_names, per_class) -> dict[str, dict[str, 
     targets: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
     for name in class_names:
         n = per_class.get(name, 0)
-        val = int(round(float(ratios.get("val", 0)) * n))
-        test = int(round(float(ratios.get("test", 0)) * n))
+        val = round(float(ratios.get("val", 0)) * n)
+        test = round(float(ratios.get("test", 0)) * n)
         targets["val"][name], targets["test"][name] = val, test
         targets["train"][name] = n - val - test
     return targets

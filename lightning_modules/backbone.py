@@ -30,7 +30,7 @@ def create_backbone(
       differs), or a medrepro Lightning checkpoint (``.ckpt``) of the same architecture.
     """
     _check_model_name(name)
-    kwargs = dict(num_classes=num_outputs, in_chans=in_chans, drop_rate=drop_rate)
+    kwargs = {"num_classes": num_outputs, "in_chans": in_chans, "drop_rate": drop_rate}
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -40,7 +40,7 @@ def create_backbone(
             _load_lightning_checkpoint(model, path)
             return model
         return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
         )
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)

@@ -70,7 +70,7 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     resolved configuration (for results.json)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = []
-    for name, settings in (cfg.get("callbacks") or {}).items():
+    for settings in (cfg.get("callbacks") or {}).values():
         if not settings or "_target_" not in settings:
             continue
         target = hydra.utils.get_class(settings._target_)

@@ -9,9 +9,9 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
+from conftest import CONFIG_DIR, compose_config
 from omegaconf import OmegaConf
 
-from conftest import CONFIG_DIR, compose_config
 from medrepro.training import build_callbacks, build_model, build_trainer
 
 SKIPPED_GROUPS = {"hydra", "paths", "experiment"}

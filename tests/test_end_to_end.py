@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, TINY_RUN, TINY_TRAINING, compose_config
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from conftest import REPO, TINY_RUN, TINY_TRAINING, compose_config
 from lightning_modules.backbone import create_backbone
 from medrepro.training import run_job, train
 
@@ -41,7 +41,7 @@ def test_run_folder_has_every_file(finished_run):
 
 
 def test_results_json_is_complete_and_consistent_with_predictions(finished_run):
-    run_dir, metrics, cfg = finished_run
+    run_dir, metrics, _cfg = finished_run
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["config"]["model"]["name"] == "inception_v3"
@@ -119,7 +119,7 @@ def test_user_errors_stop_with_one_sentence(tmp_path, class_folders, capsys):
 def cli(*args, env=None, cwd=None):
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
-        capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=900,
+        capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=900, check=False,
     )
 
 

@@ -48,7 +48,7 @@ def test_multiclass_metrics_match_sklearn():
     target = torch.randint(0, 3, (120,), generator=generator)
     logits = torch.randn(120, 3, generator=generator) + 1.5 * torch.nn.functional.one_hot(target, 3)
     probabilities = torch.softmax(logits, dim=1)
-    (values, confusion), losses = feed(
+    (values, confusion), _losses = feed(
         ClassificationMetrics(["normal", "pneumonia", "COVID-19"]), probabilities, target
     )
     y, p = target.numpy(), probabilities.numpy()
