@@ -11,7 +11,13 @@ The convention (used by every later step):
   Pillow's ``convert("L")``); grayscale to RGB repeats the channel;
 * palette (``P``) images are expanded through their palette; an alpha channel is
   dropped (medical images carry no meaning in it);
-* multi-page TIFFs are refused (they are stacks, not single images).
+* multi-page TIFFs are refused (they are stacks, not single images);
+* DICOM (``.dcm``): the modality LUT (rescale slope and intercept) is applied, then the
+  file's VOI LUT or window (centre and width, the first one if several) maps the values
+  to [0, 1] over the window's output range; without either, the image's own minimum and
+  maximum map to 0 and 1. ``MONOCHROME1`` images (bright = low values) are inverted, so
+  bone is bright in every file. Colour DICOMs follow the integer rule above. Multi-frame
+  files are refused.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from PIL import Image, UnidentifiedImageError
 
 from medrepro.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm",)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -39,11 +46,15 @@ def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels}")
     path = Path(path)
+    suffix = path.suffix.lower()
     try:
-        array = _read_tiff(path) if path.suffix.lower() in TIFF_EXTENSIONS else _read_pil(path)
+        if suffix in DICOM_EXTENSIONS:
+            return _to_channels(read_dicom(path), channels)
+        array = _read_tiff(path) if suffix in TIFF_EXTENSIONS else _read_pil(path)
     except DataError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, RuntimeError,
+            NotImplementedError, AttributeError, KeyError) as error:
         raise DataError(
             f"Cannot read image {path} ({error}); replace or delete the file "
             "(`python audit.py` lists every unreadable file)."
@@ -76,6 +87,45 @@ def _read_tiff(path: Path) -> np.ndarray:
                 "export one image per file."
             )
         return tif.pages[0].asarray()
+
+
+def read_dicom(path: str | Path) -> np.ndarray:
+    """A single-frame DICOM file as ``float32 [H, W]`` (grayscale) or ``[H, W, 3]`` in [0, 1]."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as error:
+        raise ValueError(f"not a DICOM file: {error}") from error
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataError(
+            f"{path} is a multi-frame DICOM with {frames} frames; export one image per file."
+        )
+    if "PixelData" not in ds:
+        raise DataError(f"{path} is a DICOM file without an image; remove it from the data set.")
+    pixels = ds.pixel_array
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if not photometric.startswith("MONOCHROME"):
+        return _to_unit_float(pixels)
+    values = np.asarray(apply_modality_lut(pixels, ds))
+    if "VOILUTSequence" in ds:  # the LUT's own values span its output range
+        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+        low, high = lut.min(), lut.max()
+        values = np.asarray(apply_voi_lut(np.round(values).astype(np.int64), ds), np.float64)
+    elif "WindowCenter" in ds:  # the window's output range: far below and far above it
+        low, high = np.asarray(apply_voi_lut(np.array([-1e12, 1e12]), ds), dtype=np.float64)
+        values = np.asarray(apply_voi_lut(values.astype(np.float64), ds), dtype=np.float64)
+    else:
+        values = values.astype(np.float64)
+        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    span = high - low
+    unit = np.clip((values - low) / span, 0.0, 1.0) if span > 0 else np.zeros_like(values)
+    if photometric == "MONOCHROME1":
+        unit = 1.0 - unit
+    return unit.astype(np.float32)
 
 
 def _to_unit_float(array: np.ndarray) -> np.ndarray:

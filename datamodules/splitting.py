@@ -6,7 +6,10 @@ Modes:
 * ``counts``: fixed per-class image counts per split, as the papers give them
   (``{train: {normal: 226, cardiomegaly: 250}, val: {...}, test: {...}}``); images not
   asked for are marked ``unused``;
-* ``ratios``: per-class fractions (``{train: 0.7, val: 0.15, test: 0.15}``).
+* ``ratios``: per-class fractions (``{train: 0.7, val: 0.15, test: 0.15}``);
+* ``paper``: the published study's own split, which a data set's config states in
+  ``split.paper`` as ``{counts: {...}}`` or ``{ratios: {...}}``; all images are pooled
+  and re-split to it (Kaggle pneumonia: studies 3 and 4's 790/2,140, 593/1,833, 200/300).
 
 ``counts`` and ``ratios`` are stratified (targets are set per class) and seeded. With
 ``group_by_patient`` all images of a patient go to the same split, so that no patient
@@ -29,7 +32,7 @@ from datamodules.records import SPLITS, ImageRecord
 from medrepro.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-MODES = ("given", "counts", "ratios")
+MODES = ("given", "counts", "ratios", "paper")
 UNUSED = "unused"
 MANIFEST_COLUMNS = ["path", "label", "patient_id", "split"]
 
@@ -42,10 +45,14 @@ def make_split(
     ratios: Mapping[str, float] | None = None,
     group_by_patient: bool = False,
     seed: int = 0,
+    paper: Mapping | None = None,
 ) -> pd.DataFrame:
     """Assign every record to ``train``, ``val``, ``test`` (or ``unused``)."""
     if mode not in MODES:
         raise ConfigError(f"data.split.mode must be one of {', '.join(MODES)}, not '{mode}'.")
+    published = mode == "paper"
+    if published:
+        mode, counts, ratios = _paper_split(paper)
     frame = pd.DataFrame(
         {
             "path": [r.path for r in records],
@@ -58,11 +65,19 @@ def make_split(
         frame["split"] = _given_splits(frame)
     else:
         per_class = frame["label"].value_counts().to_dict()
-        targets = (
-            _targets_from_counts(counts, class_names, per_class)
-            if mode == "counts"
-            else _targets_from_ratios(ratios, class_names, per_class)
-        )
+        try:
+            targets = (
+                _targets_from_counts(counts, class_names, per_class)
+                if mode == "counts"
+                else _targets_from_ratios(ratios, class_names, per_class)
+            )
+        except DataError as error:
+            if not published:
+                raise
+            raise DataError(
+                f"{str(error).split(';')[0]}: data.split.mode=paper needs the whole published "
+                "data set; point data.root at it or use data.split.mode=ratios."
+            ) from None
         groups = _group_keys(frame, group_by_patient)
         frame["split"] = _assign_groups(
             frame["label"], groups, targets, class_names, seed, allow_unused=mode == "counts"
@@ -76,6 +91,19 @@ def split_counts(manifest: pd.DataFrame) -> pd.DataFrame:
     used = manifest[manifest["split"] != UNUSED]
     table = pd.crosstab(used["split"], used["label"])
     return table.reindex([s for s in SPLITS if s in table.index])
+
+
+def _paper_split(paper: Mapping | None) -> tuple[str, Mapping | None, Mapping | None]:
+    """``(mode, counts, ratios)`` of the published split in ``data.split.paper``."""
+    paper = dict(paper or {})
+    if paper.get("counts"):
+        return "counts", paper["counts"], None
+    if paper.get("ratios"):
+        return "ratios", None, paper["ratios"]
+    raise ConfigError(
+        "data.split.mode=paper needs the study's split in data.split.paper ({counts: ...} or "
+        "{ratios: ...}); this data set's config has none, so use mode=counts or ratios."
+    )
 
 
 def _given_splits(frame: pd.DataFrame) -> pd.Series:
