@@ -18,6 +18,8 @@ class ImageDataset(Dataset):
 
     ``preprocess`` (deterministic) and ``augment`` (random) are albumentations-style
     callables: ``transform(image=array)["image"]`` on ``float32 [H, W, C]`` arrays.
+    With a ``cache`` (:class:`datamodules.cache.ImageCache` holding these paths), the
+    pre-processed image comes from the cache and only ``augment`` runs per item.
     """
 
     def __init__(
@@ -27,26 +29,39 @@ class ImageDataset(Dataset):
         channels: int,
         preprocess: Transform | None = None,
         augment: Transform | None = None,
+        cache=None,
     ) -> None:
         self.paths = list(paths)
         self.labels = [int(x) for x in labels]
         self.channels = channels
         self.preprocess = preprocess
         self.augment = augment
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        image = read_image(self.paths[index], self.channels)
-        if self.preprocess is not None:
-            image = self.preprocess(image=image)["image"]
+        path = self.paths[index]
+        if self.cache is not None:
+            image = self.cache.image(path)
+        else:
+            image = preprocess_image(path, self.channels, self.preprocess)
         if self.augment is not None:
             image = np.clip(self.augment(image=image)["image"], 0.0, 1.0)
         if image.ndim == 2:
             image = image[:, :, None]
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
         return {"image": tensor, "label": self.labels[index], "path": self.paths[index]}
+
+
+def preprocess_image(path: str, channels: int, preprocess: Transform | None) -> np.ndarray:
+    """The deterministic part of an item (what the image cache stores): read the file
+    with ``channels`` channels, then apply ``preprocess``; ``float32 [H, W, C]``."""
+    image = read_image(path, channels)
+    if preprocess is not None:
+        image = preprocess(image=image)["image"]
+    return image[:, :, None] if image.ndim == 2 else image
 
 
 def reseed_augmentation_in_worker(worker_id: int) -> None:

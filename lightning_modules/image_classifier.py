@@ -60,7 +60,7 @@ class ImageClassifier(pl.LightningModule):
             pretrained=pretrained,
             weights=weights,
             drop_rate=drop_rate,
-        )
+        ).to(memory_format=torch.channels_last)
         mean, std = _normalisation(self.backbone, in_chans, mean, std)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
@@ -70,6 +70,8 @@ class ImageClassifier(pl.LightningModule):
         self.confusion_matrices: dict[str, list[list[int]]] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # channels_last (NHWC): the layout fast convolution kernels want on GPU and CPU
+        images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone((images - self.mean) / self.std)
 
     def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -84,8 +86,9 @@ class ImageClassifier(pl.LightningModule):
         return loss, probabilities
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # nothing is logged per step: a per-step value in the progress bar costs a host-device
+        # synchronisation every step; the epoch's metrics are read once, in on_*_epoch_end
         loss, _ = self._step(batch, "train")
-        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -109,9 +112,9 @@ class ImageClassifier(pl.LightningModule):
         if metrics.loss.update_count == 0:
             return  # e.g. the sanity check ran no batch of this stage
         values, confusion = metrics.compute()
-        prog_bar = {"loss", "acc", "auroc"}
+        prog_bar = {"loss", "acc", "auroc"} if stage != "train" else {"loss"}
         for key, value in values.items():
-            self.log(f"{stage}/{key}", value, prog_bar=stage != "train" and key in prog_bar)
+            self.log(f"{stage}/{key}", value, prog_bar=key in prog_bar)
         self.confusion_matrices[stage] = confusion.cpu().tolist()
         metrics.reset()
 

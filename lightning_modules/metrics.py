@@ -29,35 +29,38 @@ class ClassificationMetrics(nn.Module):
         self.binary = len(class_names) == 2
         self.threshold = float(threshold)
         n = len(class_names)
+        # no input validation: it would read values back to the host (a sync) every update
+        checks = {"validate_args": False}
         if self.binary:
             summary = {
-                "acc": tmc.BinaryAccuracy(threshold=threshold),
-                "precision": tmc.BinaryPrecision(threshold=threshold),
-                "recall": tmc.BinaryRecall(threshold=threshold),
-                "f1": tmc.BinaryF1Score(threshold=threshold),
-                "specificity": tmc.BinarySpecificity(threshold=threshold),
-                "auroc": tmc.BinaryAUROC(),
+                "acc": tmc.BinaryAccuracy(threshold=threshold, **checks),
+                "precision": tmc.BinaryPrecision(threshold=threshold, **checks),
+                "recall": tmc.BinaryRecall(threshold=threshold, **checks),
+                "f1": tmc.BinaryF1Score(threshold=threshold, **checks),
+                "specificity": tmc.BinarySpecificity(threshold=threshold, **checks),
+                "auroc": tmc.BinaryAUROC(**checks),
             }
         else:
             summary = {
-                "acc": tmc.MulticlassAccuracy(n, average="micro"),
-                "precision": tmc.MulticlassPrecision(n, average="macro"),
-                "recall": tmc.MulticlassRecall(n, average="macro"),
-                "f1": tmc.MulticlassF1Score(n, average="macro"),
-                "specificity": tmc.MulticlassSpecificity(n, average="macro"),
-                "auroc": tmc.MulticlassAUROC(n, average="macro"),
+                "acc": tmc.MulticlassAccuracy(n, average="micro", **checks),
+                "precision": tmc.MulticlassPrecision(n, average="macro", **checks),
+                "recall": tmc.MulticlassRecall(n, average="macro", **checks),
+                "f1": tmc.MulticlassF1Score(n, average="macro", **checks),
+                "specificity": tmc.MulticlassSpecificity(n, average="macro", **checks),
+                "auroc": tmc.MulticlassAUROC(n, average="macro", **checks),
             }
         self.summary = MetricCollection(summary)
         self.per_class = MetricCollection(
             {
-                "precision": tmc.MulticlassPrecision(n, average=None),
-                "recall": tmc.MulticlassRecall(n, average=None),
-                "f1": tmc.MulticlassF1Score(n, average=None),
+                "precision": tmc.MulticlassPrecision(n, average=None, **checks),
+                "recall": tmc.MulticlassRecall(n, average=None, **checks),
+                "f1": tmc.MulticlassF1Score(n, average=None, **checks),
             }
         )
         self.mse = MeanSquaredError()
-        self.loss = MeanMetric()
-        self.confusion = tmc.MulticlassConfusionMatrix(n)
+        # "disable": no NaN check (a sync); a NaN loss makes the epoch's loss NaN (diverged)
+        self.loss = MeanMetric(nan_strategy="disable")
+        self.confusion = tmc.MulticlassConfusionMatrix(n, **checks)
         self.keys = [_key(name) for name in self.class_names]
 
     def predicted_labels(self, probabilities: torch.Tensor) -> torch.Tensor:
@@ -76,7 +79,8 @@ class ClassificationMetrics(nn.Module):
         self.confusion.update(predicted, target)
         one_hot = nn.functional.one_hot(target, len(self.class_names)).to(probabilities.dtype)
         self.mse.update(probabilities, one_hot)
-        self.loss.update(loss.detach(), weight=target.numel())
+        # weighted by batch size as one value per image (nan_strategy='disable' drops weights)
+        self.loss.update(loss.detach().expand(target.numel()))
 
     def compute(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Scalar metrics by name, and the confusion matrix."""

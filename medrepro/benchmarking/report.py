@@ -1,0 +1,126 @@
+"""The benchmark's results as a printed table (Markdown), with ratios and targets."""
+
+from __future__ import annotations
+
+TARGETS = {
+    "cached data path vs naive (224 px)": (10.0, "x"),
+    "Lightning training loop vs hand-written": (0.95, "x"),
+    "peak RSS, data module with 5,000 cached 224 px images": (2048.0, "MB"),
+}
+LABELS = {
+    "naive": "naive: torchvision ImageFolder + PIL transforms",
+    "medrepro": "medrepro, data.cache=false",
+    "medrepro_cached": "medrepro from the cache",
+    "medrepro_cached_augment": "medrepro from the cache + augment=basic",
+}
+
+
+def add_derived_figures(results: dict) -> dict:
+    """Ratios, FLOP rates, MFU and the target checks, added to ``results``."""
+    data = {row["pipeline"]: row for row in results["data_path"]}
+    naive = data["naive"]["sizes"]
+    for row in results["data_path"]:
+        for size, entry in row["sizes"].items():
+            entry["ratio_to_naive"] = entry["images_per_s"] / naive[size]["images_per_s"]
+    loops = {row["loop"]: row for row in results["training"]}
+    plain, flops = loops["hand-written"], loops["hand-written"]
+    peak = results["machine"]["gpu_peak_flops_16bit"]
+    for row in results["training"]:
+        for kind in ("train", "inference"):
+            row[f"{kind}_ratio_to_hand_written"] = (
+                row[f"{kind}_images_per_s"] / plain[f"{kind}_images_per_s"])
+            achieved = row[f"{kind}_images_per_s"] * flops[f"{kind}_flops_per_image"]
+            row[f"{kind}_model_flops_per_s"] = achieved
+            row[f"{kind}_mfu"] = achieved / peak if peak else None
+    held = results["memory"][-1]
+    cached_ratio = data["medrepro_cached"]["sizes"]["224"]["ratio_to_naive"]
+    loop_ratio = loops["lightning"]["train_ratio_to_hand_written"]
+    memory = held["peak_rss_mb"] if held["cached_images"] >= 5000 else None
+    figures = [cached_ratio, loop_ratio, memory]
+    results["targets"] = {
+        name: {"target": limit, "unit": unit, "measured": value,
+               "met": None if value is None else (value < limit if unit == "MB" else value >= limit)}
+        for (name, (limit, unit)), value in zip(TARGETS.items(), figures)
+    }
+    return results
+
+
+def format_report(results: dict) -> str:
+    settings, machine = results["settings"], results["machine"]
+    sizes = [str(s) for s in settings["data_sizes"]]
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores"
+        + (f", {machine['gpu']}" if machine["gpu"] else "")
+        + f"; torch {machine['torch']}; load average at start {_load(machine)}",
+        f"Images: {results['data']['description']} ({results['data']['images']} files)",
+        "",
+        "Data path, images per second on one core (file -> model-ready tensor)",
+        "",
+        "| pipeline | " + " | ".join(f"{s} px | ratio" for s in sizes) + " | peak RSS |",
+        "|---|" + "---:|---:|" * len(sizes) + "---:|",
+    ]
+    for row in results["data_path"]:
+        cells = [f"{row['sizes'][s]['images_per_s']:,.0f} | {row['sizes'][s]['ratio_to_naive']:.1f}x"
+                 for s in sizes]
+        lines.append(f"| {LABELS[row['pipeline']]} | " + " | ".join(cells)
+                     + f" | {row['peak_rss_mb']:,.0f} MB |")
+    builds = [f"{row['sizes'][s]['cache_build_images_per_s']:,.0f} images/s at {s} px"
+              for row in results["data_path"] if row["pipeline"] == "medrepro_cached" for s in sizes]
+    lines += ["", f"Building the cache (decoding each image once): {', '.join(builds)}.", ""]
+
+    lines += [
+        (f"Training and inference, images per second: {settings['model']}, "
+        f"{settings['image_size']} px, batch {settings['batch_size']}, "
+        f"{'one CPU thread' if results['device'] == 'cpu' else results['device']}, "
+        f"{results['training'][0]['precision']}, best of {settings['rounds']} round(s) of "
+        f"{settings['steps']} steps"),
+        "",
+        "| loop | training | ratio | inference | ratio | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["training"]:
+        name = ("medrepro: LightningModule + Trainer" if row["loop"] == "lightning"
+                else "hand-written PyTorch loop")
+        lines.append(
+            f"| {name} | {row['train_images_per_s']:,.1f} | "
+            f"{row['train_ratio_to_hand_written']:.2f}x | {row['inference_images_per_s']:,.1f} | "
+            f"{row['inference_ratio_to_hand_written']:.2f}x | {row['peak_rss_mb']:,.0f} MB |")
+    plain = next(r for r in results["training"] if r["loop"] == "hand-written")
+    lightning = next(r for r in results["training"] if r["loop"] == "lightning")
+    lines += ["", f"Model FLOPs per image: {plain['train_flops_per_image'] / 1e9:.2f} GFLOP "
+              f"training, {plain['inference_flops_per_image'] / 1e9:.2f} GFLOP inference; "
+              f"achieved in training {lightning['train_model_flops_per_s'] / 1e9:,.1f} GFLOP/s "
+              "(medrepro). " + _mfu(lightning)]
+
+    build, held = results["memory"]
+    lines += [
+        "",
+        (f"Memory: a data module holding {held['cached_images']:,} cached "
+        f"{'x'.join(map(str, held['image_shape'][:2]))} images ({held['cache_mb']:,.0f} MB cache): "
+        f"peak RSS {build['peak_rss_mb']:,.0f} MB while building the cache, "
+        f"{held['peak_rss_mb']:,.0f} MB while running an epoch of every split from it "
+        f"({held['epoch_images_per_s']:,.0f} images/s through the DataLoaders)."),
+        "",
+        "| target | measured | met |",
+        "|---|---:|:---:|",
+    ]
+    for name, target in results["targets"].items():
+        unit, value = target["unit"], target["measured"]
+        shown = "n/a" if value is None else (f"{value:,.0f} MB" if unit == "MB" else f"{value:.2f}x")
+        bound = f"< {target['target']:,.0f} MB" if unit == "MB" else f">= {target['target']}x"
+        met = {True: "yes", False: "no", None: "n/a"}[target["met"]]
+        lines.append(f"| {name} ({bound}) | {shown} | {met} |")
+    lines += ["", f"Benchmark wall time {results['seconds']:.0f} s."]
+    return "\n".join(lines)
+
+
+def _mfu(row: dict) -> str:
+    if row["train_mfu"] is None:
+        return "MFU: n/a (no GPU with a known peak)."
+    return (f"MFU (of the GPU's 16-bit dense peak): training {100 * row['train_mfu']:.1f}%, "
+            f"inference {100 * row['inference_mfu']:.1f}%.")
+
+
+def _load(machine: dict) -> str:
+    load = machine.get("load_average")
+    return "n/a" if not load else f"{load[0]:.1f}"

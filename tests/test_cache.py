@@ -1,0 +1,206 @@
+"""The decoded-image cache: built once, reused, invalidated, atomic; and the lean training
+step (channels_last, trainer keys not for Lightning). About 25 s on a 2-core CPU."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import albumentations as A
+import hydra
+import numpy as np
+import pytest
+import tifffile
+import torch
+from conftest import REPO, TINY_TRAINING, compose_config, write_gray
+
+from datamodules import image_dataset
+from datamodules.cache import ImageCache, quantise
+from datamodules.image_dataset import preprocess_image
+from datamodules.image_reader import read_image
+from medrepro.errors import ConfigError, DataError
+from medrepro.training import build_model, build_trainer
+
+QUANTUM = 1 / 510 + 1e-6  # largest error of rounding to 1/255 steps
+
+
+@pytest.fixture
+def count_reads(monkeypatch):
+    """Count the image files read through the data path."""
+    reads = []
+
+    def counting_read_image(path, channels=1):
+        reads.append(str(path))
+        return read_image(path, channels)
+
+    monkeypatch.setattr(image_dataset, "read_image", counting_read_image)
+    return reads
+
+
+def datamodule(tmp_path, root, *overrides, augment=None):
+    cfg = compose_config(
+        ["data=folder", f"data.root={root}", "data.image_size=16", "data.num_workers=0",
+         f"data.cache_dir={tmp_path / 'cache'}", *overrides], tmp_path / "run")
+    module = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
+    module.prepare_data()
+    module.setup("fit")
+    return module
+
+
+def cache_files(tmp_path, pattern="*.npy"):
+    return sorted((tmp_path / "cache").glob(pattern))
+
+
+def test_cache_is_built_once_then_later_runs_read_no_image_file(tmp_path, class_folders, count_reads):
+    first = datamodule(tmp_path, class_folders)
+    first.train_dataloader()
+    assert sorted(count_reads) == sorted(first.manifest["path"])  # every image read once
+    [array_file] = cache_files(tmp_path)
+    built = array_file.stat().st_mtime_ns
+
+    count_reads.clear()
+    second = datamodule(tmp_path, class_folders, "seed=3")  # another split, same images
+    for loader in (second.train_dataloader(), second.val_dataloader(), second.test_dataloader()):
+        for _ in range(2):  # two epochs
+            for batch in loader:
+                assert batch["image"].shape[1:] == (1, 16, 16)
+    assert count_reads == []
+    assert cache_files(tmp_path) == [array_file] and array_file.stat().st_mtime_ns == built
+    index = json.loads(array_file.with_suffix(".json").read_text())
+    assert sorted(index["paths"]) == sorted(second.manifest["path"])
+
+
+def test_cached_items_equal_uncached_items_up_to_8_bit_quantisation(tmp_path, class_folders):
+    cached = datamodule(tmp_path, class_folders)
+    cached.build_cache()
+    plain = datamodule(tmp_path, class_folders, "data.cache=false")
+    plain.train_dataloader()
+    assert plain.image_cache is None and plain.datasets["train"].cache is None
+    for split in ("train", "test"):
+        for index in range(len(plain.datasets[split])):
+            a, b = cached.datasets[split][index], plain.datasets[split][index]
+            assert a["path"] == b["path"] and a["label"] == b["label"]
+            difference = (a["image"] - b["image"]).abs().max().item()
+            assert difference <= QUANTUM
+            assert torch.equal(a["image"], torch.from_numpy(
+                quantise(b["image"].numpy()).astype(np.float32) / 255))
+
+
+def test_16_bit_tiff_reaches_the_model_with_256_levels(tmp_path):
+    path = tmp_path / "ramp.tif"
+    tifffile.imwrite(path, np.arange(0, 65536, 16, dtype=np.uint16).reshape(64, 64))
+    cache = ImageCache.open_or_build([str(path)], 1, None, tmp_path / "cache", progress=False)
+    exact = read_image(path)
+    cached = cache.image(str(path))
+    assert cached.dtype == np.float32 and cached.shape == exact.shape == (64, 64, 1)
+    assert np.abs(cached - exact).max() <= QUANTUM
+    assert len(np.unique(exact)) == 4096 and len(np.unique(cached)) == 256
+
+
+def test_a_changed_file_or_preprocessing_config_builds_a_new_cache(tmp_path, class_folders):
+    first = datamodule(tmp_path, class_folders)
+    first.build_cache()
+    changed = min((class_folders / "cat").iterdir())
+    write_gray(changed, 250)
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    second = datamodule(tmp_path, class_folders)
+    second.build_cache()
+    assert len(cache_files(tmp_path)) == 2
+    assert second.image_cache.image(str(changed)).mean() > 0.9  # the new pixels
+    assert first.image_cache.image(str(changed)).mean() < 0.4  # the old cache is untouched
+    resized = datamodule(tmp_path, class_folders, "data.image_size=20")
+    assert resized.build_cache().image(str(changed)).shape == (20, 20, 1)
+    datamodule(tmp_path, class_folders, "data.channels=3").build_cache()
+    assert len(cache_files(tmp_path)) == 4
+
+
+def _build_in_process(arguments):
+    paths, cache_dir = arguments
+    cache = ImageCache.open_or_build(paths, 1, A.Compose([A.Resize(40, 40)]), cache_dir,
+                                     progress=False)
+    return np.asarray(cache.array).copy()
+
+
+def test_concurrent_builders_leave_one_complete_cache(tmp_path):
+    paths = [str(write_gray(tmp_path / "images" / f"{i}.png", 10 * i, size=300)) for i in range(24)]
+    cache_dir = tmp_path / "cache"
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        arrays = pool.map(_build_in_process, [(paths, cache_dir)] * 3)
+    oracle = np.stack([quantise(preprocess_image(p, 1, A.Compose([A.Resize(40, 40)])))
+                       for p in sorted(paths)])  # rows in path order
+    for array in arrays:
+        np.testing.assert_array_equal(array, oracle)
+    assert [p.suffix for p in sorted(cache_dir.iterdir())] == [".json", ".lock", ".npy"]
+
+
+def test_a_failed_build_leaves_no_cache_behind(tmp_path, class_folders):
+    (class_folders / "dog" / "broken.png").write_bytes(b"\x89PNG truncated")
+    module = datamodule(tmp_path, class_folders)
+    with pytest.raises(DataError, match="Cannot read image"):
+        module.train_dataloader()
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".lock"]
+
+
+def test_images_of_several_sizes_need_a_resize_to_be_cached(tmp_path):
+    write_gray(tmp_path / "a" / "1.png", 10, size=24)
+    write_gray(tmp_path / "a" / "2.png", 10, size=30)
+    paths = sorted(str(p) for p in (tmp_path / "a").iterdir())
+    with pytest.raises(ConfigError, match="end data.preprocess with a Resize"):
+        ImageCache.open_or_build(paths, 1, None, tmp_path / "cache", progress=False)
+
+
+def test_augmentation_still_runs_per_epoch_after_the_cache(tmp_path, class_folders, count_reads):
+    cfg = compose_config(["augment=basic"], tmp_path / "run")
+    augment = hydra.utils.instantiate(cfg.augment)
+    module = datamodule(tmp_path, class_folders, augment=augment)
+    module.build_cache()
+    count_reads.clear()
+    train = module.datasets["train"]
+    epochs = [torch.stack([train[i]["image"] for i in range(len(train))]) for _ in range(2)]
+    assert count_reads == []
+    assert not torch.equal(epochs[0], epochs[1])
+    validation = module.datasets["val"]
+    assert torch.equal(validation[0]["image"], validation[0]["image"])  # no augmentation
+
+
+def test_build_ahead_of_time_from_the_command_line(tmp_path, class_folders):
+    done = subprocess.run(
+        [sys.executable, "-m", "datamodules.cache", "data=folder", f"data.root={class_folders}",
+         "data.image_size=16", f"data.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "20 images cached in" in done.stdout
+    assert "caching images" in done.stderr  # the progress bar
+    [array_file] = cache_files(tmp_path)
+    assert np.load(array_file, mmap_mode="r").shape == (20, 16, 16, 1)
+    module = datamodule(tmp_path, class_folders)
+    assert module.build_cache().array_path == array_file  # training finds it
+
+
+def test_model_and_inputs_are_channels_last_and_give_the_same_logits(tmp_path):
+    cfg = compose_config(["model.name=resnet18", *TINY_TRAINING], tmp_path / "run")
+    model = build_model(cfg, ["a", "b"], 3).eval()
+    weight = model.backbone.conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    images = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        logits = model(images)
+        plain = model.backbone.to(memory_format=torch.contiguous_format)(
+            (images - model.mean) / model.std)
+    torch.testing.assert_close(logits, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_trainer_keys_not_for_lightning_and_cudnn_benchmark(tmp_path):
+    before = torch.backends.cudnn.benchmark
+    try:
+        cfg = compose_config(["trainer.compile=true", *TINY_TRAINING], tmp_path / "run")
+        build_trainer(cfg, [], False, tmp_path)  # compile is popped, not given to Lightning
+        assert torch.backends.cudnn.benchmark is True
+        cfg = compose_config(["trainer.deterministic=true", *TINY_TRAINING], tmp_path / "run")
+        build_trainer(cfg, [], False, tmp_path)
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
