@@ -21,6 +21,14 @@ nuisance variation (patient size, position, rotation, exposure, noise, blur):
     patient from 3 patients per class on).  Hearts are normal-sized.  PNEUMONIA lungs
     hold blurred consolidations over 15-40 % of each affected lung field (bacterial: one
     lung, dense and lobar; viral: both lungs, fainter and patchier); NORMAL lungs are clear.
+``covid3``
+    Three-class chest radiographs for study 5, one folder per class: ``normal/``,
+    ``pneumonia/`` and ``COVID-19/``, 8-bit PNG ``CXR_00001.png`` (numbers unique across
+    classes, shuffled, one image per patient).  Hearts are normal-sized.  ``pneumonia``
+    lungs hold the bacterial or viral consolidations of the ``pneumonia`` data set;
+    ``COVID-19`` lungs hold fainter, blurred ground-glass opacities in both lungs,
+    peripheral and in the lower zones (the typical COVID-19 pattern), over 15-40 % of each
+    lung field.
 ``brain_mri``
     navoneel Kaggle brain tumour layout ``yes/`` and ``no/`` with its untidy names
     (``Y12.jpg``, ``Y7.JPG``, ``no 5.jpg``, ``No12.jpg``, ``7 no.jpeg``), mostly mode L and
@@ -55,7 +63,8 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-DEMO_DATASETS = ("cardiomegaly", "pneumonia", "brain_mri")
+DEMO_DATASETS = ("cardiomegaly", "pneumonia", "brain_mri", "covid3")
+COVID3_CLASSES = ("normal", "pneumonia", "COVID-19")
 GENERATOR_VERSION = "demo-phantoms-1"
 COMPLETE_MARKER = ".complete"
 GROUND_TRUTH_FILE = "ground_truth.csv"
@@ -295,6 +304,27 @@ def _add_consolidations(image, lungs, u, v, rng, kind: str) -> float:
     return float((opacity > 0.5).sum() / lungs.sum())
 
 
+def _add_ground_glass(image, lungs, u, v, rng) -> float:
+    """Paint COVID-19-like ground-glass opacities: both lungs, peripheral and lower-zone,
+    faint and blurred; return the opacified share of lung area (15-40 % of each field)."""
+    opacity = np.zeros_like(image)
+    for side in (-1, 1):
+        field_mask = lungs & (side * u > 0)
+        ys, xs = np.nonzero(field_mask)
+        lateral = np.abs(u) / (np.abs(u[field_mask]).max() + 1e-6)
+        lower = (v - v[field_mask].min()) / (np.ptp(v[field_mask]) + 1e-6)
+        field = 1.5 * lateral + 1.2 * lower + 0.5 * _smooth_noise(rng, image.shape, 14)
+        for blob in rng.integers(0, len(ys), size=rng.integers(2, 5)):
+            du, dv = u - u[ys[blob], xs[blob]], v - v[ys[blob], xs[blob]]
+            field += 0.6 * np.exp(-(du**2 + dv**2) / (2 * rng.uniform(0.08, 0.14) ** 2))
+        share = rng.uniform(*CONSOLIDATED_LUNG_FIELD_RANGE)
+        threshold = np.quantile(field[field_mask], 1 - share)
+        opacity[field_mask & (field > threshold)] = 1.0
+    opacity = _gaussian_blur(opacity, 0.025 * image.shape[0]) * lungs
+    image += rng.uniform(0.24, 0.3) * opacity * (1 + 0.25 * _smooth_noise(rng, image.shape, 24))
+    return float((opacity > 0.5).sum() / lungs.sum())
+
+
 def _radiograph_acquisition(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Unsharpness, exposure (contrast, brightness, gamma) and quantum noise of one film."""
     size = image.shape[0]
@@ -308,7 +338,10 @@ def _radiograph_acquisition(image: np.ndarray, rng: np.random.Generator) -> np.n
 def _chest_radiograph(anatomy: ChestAnatomy, size: int, rng, pneumonia: str | None = None):
     u, v = _chest_body_coordinates(anatomy, size, rng)
     image, lungs = _chest_anatomy_image(anatomy, u, v, rng)
-    opacified = _add_consolidations(image, lungs, u, v, rng, pneumonia) if pneumonia else 0.0
+    if pneumonia == "covid":
+        opacified = _add_ground_glass(image, lungs, u, v, rng)
+    else:
+        opacified = _add_consolidations(image, lungs, u, v, rng, pneumonia) if pneumonia else 0.0
     return _radiograph_acquisition(image, rng), opacified
 
 
@@ -331,6 +364,27 @@ def _write_cardiomegaly(folder: Path, size: int, per_class: int, seed: int) -> l
         )
         rows.append(
             {"path": path.as_posix(), "label": label, "ctr": f"{anatomy.cardiothoracic_ratio:.4f}"}
+        )
+    return rows
+
+
+def _write_covid3(folder: Path, size: int, per_class: int, seed: int) -> list[dict]:
+    labels = [name for name in COVID3_CLASSES for _ in range(per_class)]
+    labels = [labels[i] for i in _rng(seed, "covid3", "numbering", 0).permutation(len(labels))]
+    for label in COVID3_CLASSES:
+        (folder / label).mkdir()
+    rows = []
+    for number, label in enumerate(labels, start=1):
+        rng = _rng(seed, "covid3", "image", number)
+        anatomy = ChestAnatomy.sample(rng, NORMAL_CTR_RANGE)
+        kind = {"normal": None, "COVID-19": "covid"}.get(label)
+        if label == "pneumonia":
+            kind = "bacteria" if rng.random() < 0.65 else "virus"
+        image, opacified = _chest_radiograph(anatomy, size, rng, pneumonia=kind)
+        path = Path(label) / f"CXR_{number:05d}.png"
+        Image.fromarray(_to_uint(image, 256).astype(np.uint8), "L").save(folder / path)
+        rows.append(
+            {"path": path.as_posix(), "label": label, "opacified_lung_fraction": f"{opacified:.4f}"}
         )
     return rows
 
@@ -407,7 +461,7 @@ def _brain_mri_slice(size: int, tumour_radius: float, rng: np.random.Generator) 
     ``tumour_radius`` (mean radius as a fraction of the head radius, 0 for none) adds a
     bright enhancing mass, in half the cases with a dark necrotic core, in a darker edema halo.
     """
-    height, width = (int(round(size * rng.uniform(0.75, 1.3))) for _ in range(2))
+    height, width = (round(size * rng.uniform(0.75, 1.3)) for _ in range(2))
     ry = height * rng.uniform(0.34, 0.45)
     rx = min(ry * rng.uniform(0.78, 0.92), width * 0.45)
     centre = (
@@ -480,4 +534,5 @@ _DATASET_WRITERS = {
     "cardiomegaly": _write_cardiomegaly,
     "pneumonia": _write_pneumonia,
     "brain_mri": _write_brain_mri,
+    "covid3": _write_covid3,
 }

@@ -1,7 +1,12 @@
 """Classification losses and the output activation that goes with each.
 
 * ``bce``: one logit, sigmoid, binary cross-entropy (binary tasks);
-* ``ce``: one logit per class, softmax, cross-entropy on integer targets;
+* ``ce``: one logit per class, softmax, cross-entropy on integer targets (Keras
+  "sparse categorical cross-entropy");
+* ``ce_onehot``: one logit per class, softmax, cross-entropy against one-hot target
+  vectors (Keras "categorical cross-entropy"): the targets are expanded to one-hot
+  rows and the loss is ``-sum(one_hot * log_softmax(logits))``. For hard labels it is the
+  same function of the same prediction as ``ce``;
 * ``auto``: ``bce`` for two classes, ``ce`` for more.
 """
 
@@ -13,7 +18,7 @@ from torch import nn
 
 from medrepro.errors import ConfigError
 
-KINDS = ("auto", "bce", "ce")
+KINDS = ("auto", "bce", "ce", "ce_onehot")
 
 
 class BinaryCrossEntropy(nn.Module):
@@ -59,6 +64,17 @@ class CrossEntropy(nn.Module):
         return torch.softmax(logits.float(), dim=1)
 
 
+class OneHotCrossEntropy(CrossEntropy):
+    """``[B, C]`` logits, integer targets turned into one-hot rows (smoothed as Keras
+    does: ``one_hot * (1 - s) + s / C``); loss ``-sum(target * log_softmax(logits))``."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        one_hot = F.one_hot(target.long(), logits.shape[1]).to(logits.dtype)
+        if self.label_smoothing:
+            one_hot = one_hot * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[1]
+        return -(one_hot * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
 def build_loss(num_classes: int, kind: str = "auto", **options) -> nn.Module:
     """The loss for ``kind`` (see the module docstring) and a task of ``num_classes``."""
     if kind not in KINDS:
@@ -73,4 +89,4 @@ def build_loss(num_classes: int, kind: str = "auto", **options) -> nn.Module:
             )
         return BinaryCrossEntropy(**options)
     options.pop("pos_weight", None)
-    return CrossEntropy(**options)
+    return OneHotCrossEntropy(**options) if kind == "ce_onehot" else CrossEntropy(**options)

@@ -15,3 +15,7 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A configuration value is invalid or contradicts another one."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite (e.g. a learning rate that is too high)."""

@@ -83,7 +83,7 @@ def test_folder_name_marker_and_ground_truth_cover_every_file(demo):
         counts = defaultdict(int)
         for row in rows:
             counts[row["label"]] += 1
-        assert list(counts.values()) == [PER_CLASS, PER_CLASS]
+        assert list(counts.values()) == [PER_CLASS] * (3 if name == "covid3" else 2)
 
 
 def test_cardiomegaly_layout_and_16_bit_tiffs(demo):
@@ -165,6 +165,17 @@ def test_pneumonia_ground_truth_consolidation_only_in_pneumonia(demo):
             assert fraction == 0.0
         assert row["path"].startswith(row["split"] + "/")
         assert row["patient_id"] in row["path"]
+
+
+def test_covid3_three_classes_with_opacities_only_in_diseased_lungs(demo):
+    rows = ground_truth(demo["covid3"])
+    assert {row["label"] for row in rows} == {"normal", "pneumonia", "COVID-19"}
+    assert all(re.fullmatch(r"CXR_\d{5}\.png", row["path"].split("/")[-1]) for row in rows)
+    for row in rows:
+        fraction = float(row["opacified_lung_fraction"])
+        assert fraction == 0.0 if row["label"] == "normal" else 0.05 < fraction < 0.45
+    with Image.open(demo["covid3"] / rows[0]["path"]) as image:
+        assert image.mode == "L" and image.size == (SIZE, SIZE)
 
 
 def test_brain_mri_untidy_names_modes_and_sizes(demo):
