@@ -45,7 +45,7 @@ def load_xrays(size: tuple[int, int]) -> np.ndarray:
         pytest.skip(f"sample chest X-rays not found at {PNEUMONIA}")
     from PIL import Image
 
-    paths = [sorted((PNEUMONIA / c).glob("*.jpeg"))[0] for c in ("NORMAL", "PNEUMONIA")]
+    paths = [min((PNEUMONIA / c).glob("*.jpeg")) for c in ("NORMAL", "PNEUMONIA")]
     rows, cols = size
     images = []
     for path in paths:
