@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datamodules.local_phase import EnhParams, enhance_local_phase  # noqa: E402
+from datamodules.local_phase import EnhParams, enhance_local_phase
 
 SAMPLES = ROOT.parent / "shared" / "data" / "pneumonia_sample"
 

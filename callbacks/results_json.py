@@ -121,11 +121,16 @@ def _data_facts(datamodule) -> dict:
         "classes": classes,
         "positive_class": classes[1] if len(classes) == 2 else None,
         "channels": datamodule.channels,
+        "enhance": getattr(datamodule, "enhance", "none"),
+        "model_channels": getattr(datamodule, "model_channels", datamodule.channels),
         "image_size": datamodule.image_size,
         "split_mode": mode,
         "group_by_patient": grouped,
         "patient_leakage_possible": None if mode == "given" else not grouped,
         "split_counts": split_counts(datamodule.manifest).to_dict(orient="index"),
+        "variant": getattr(datamodule, "variant", None),
+        # the pre-training data checks (datamodules/preflight.py) measure leakage instead
+        **getattr(datamodule, "data_checks", {}),
     }
 
 

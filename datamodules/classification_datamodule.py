@@ -12,6 +12,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.cache import ImageCache
+from datamodules.enhancement import ENHANCEMENTS, LocalPhaseEnhancement
 from datamodules.image_dataset import ImageDataset, reseed_augmentation_in_worker
 from datamodules.records import SPLITS
 from datamodules.splitting import make_split, split_counts
@@ -38,6 +40,17 @@ class ClassificationDataModule(pl.LightningDataModule):
         augment: random albumentations pipeline for training images only.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings;
             ``"auto"`` picks workers from the CPU count and pinning when CUDA is present.
+        variant: which version of the data set's images (covid3: ``cxr`` or ``enh``),
+            recorded in results.json.
+        allow_leakage, skip_unreadable: let training go on despite cross-split leakage or
+            unreadable files (see :mod:`datamodules.preflight`).
+        enhance: ``none`` or ``enh``: append the local-phase enhancement (study 5's ENH
+            input, :mod:`datamodules.enhancement`) to the pre-processing; images are read
+            as grayscale and the model gets the three ENH channels.
+        enh: the enhancement's parameters (``datamodules.local_phase.EnhParams`` fields).
+        cache: pre-process every image of the manifest once into a memory-mapped uint8
+            array in ``cache_dir`` (see :mod:`datamodules.cache`), built when the first
+            data loader is asked for; ``False`` reads and pre-processes the files each time.
     """
 
     def __init__(
@@ -56,6 +69,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         pin_memory: bool | str = "auto",
         persistent_workers: bool = True,
         name: str | None = None,
+        cache: bool = False,
+        cache_dir: str | None = None,
+        variant: str | None = None,
+        allow_leakage: bool = False,
+        skip_unreadable: bool = False,
+        enhance: str = "none",
+        enh: Mapping | None = None,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -63,22 +83,48 @@ class ClassificationDataModule(pl.LightningDataModule):
         if int(batch_size) < 1:
             raise ConfigError(f"trainer.batch_size must be a positive integer, not {batch_size}.")
         self.name = name
+        self.variant = variant
         self.root = root
+        # checked by datamodules.preflight before training; its findings go to results.json
+        self.allow_leakage = bool(allow_leakage)
+        self.skip_unreadable = bool(skip_unreadable)
+        self.data_checks: dict = {}
         self.source = source(root=root)
         self.requested_class_names = list(class_names) if class_names else None
         self.positive_class = positive_class
         self.channels = channels
         self.image_size = image_size
         self.split_settings = dict(split or {})
-        self.preprocess = A.Compose(list(preprocess)) if preprocess else None
+        if enhance not in ENHANCEMENTS:
+            raise ConfigError(f"data.enhance must be one of {', '.join(ENHANCEMENTS)}, not '{enhance}'.")
+        if enhance == "enh" and channels != 1:
+            raise ConfigError(
+                "data.enhance=enh computes its three channels from the grayscale X-ray; "
+                "set data.channels=1 (the model then gets 3 channels)."
+            )
+        self.enhance = enhance
+        steps = list(preprocess or [])
+        if enhance == "enh":
+            steps.append(LocalPhaseEnhancement(**dict(enh or {})))
+        self.preprocess = A.Compose(steps) if steps else None
         self.augment = augment
         self.batch_size = int(batch_size)
         self.num_workers = _auto_workers() if num_workers == "auto" else int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        if cache and not cache_dir:
+            raise ConfigError("data.cache=true needs data.cache_dir (a folder for the cache).")
+        self.use_cache = bool(cache)
+        self.cache_dir = cache_dir
+        self.image_cache: ImageCache | None = None
         self.class_names: list[str] = []
         self.manifest: pd.DataFrame | None = None
         self.datasets: dict[str, ImageDataset] = {}
+
+    @property
+    def model_channels(self) -> int:
+        """Channels of the images the model sees (3 with the ENH enhancement)."""
+        return 3 if self.enhance == "enh" else self.channels
 
     @property
     def num_classes(self) -> int:
@@ -94,6 +140,18 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.class_names = self._ordered_class_names(sorted({r.label for r in records}))
         records = [r for r in records if r.label in self.class_names]
         self.manifest = make_split(records, self.class_names, **self.split_settings)
+        self._build_datasets()
+        log.info("classes (label order): %s", ", ".join(self.class_names))
+        log.info("images per split and class:\n%s", split_counts(self.manifest).to_string())
+
+    def exclude(self, paths: Sequence[str]) -> None:
+        """Leave ``paths`` out of the manifest and the datasets (unreadable files that
+        ``data.skip_unreadable=true`` lets training go on without)."""
+        self.manifest = self.manifest[~self.manifest["path"].isin(set(paths))]
+        self.manifest = self.manifest.reset_index(drop=True)
+        self._build_datasets()
+
+    def _build_datasets(self) -> None:
         index = {name: i for i, name in enumerate(self.class_names)}
         for split in SPLITS:
             rows = self.manifest[self.manifest["split"] == split]
@@ -108,9 +166,8 @@ class ClassificationDataModule(pl.LightningDataModule):
                 self.channels,
                 preprocess=self.preprocess,
                 augment=self.augment if split == "train" else None,
+                cache=self.image_cache,
             )
-        log.info("classes (label order): %s", ", ".join(self.class_names))
-        log.info("images per split and class:\n%s", split_counts(self.manifest).to_string())
 
     def _ordered_class_names(self, found: list[str]) -> list[str]:
         names = self.requested_class_names or found
@@ -140,7 +197,21 @@ class ClassificationDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def build_cache(self, progress: bool | None = None) -> ImageCache:
+        """Open (or build once) the cache of every image in the manifest and let the
+        datasets read from it. Call after :meth:`setup`."""
+        if self.image_cache is None:
+            self.image_cache = ImageCache.open_or_build(
+                self.manifest["path"].tolist(), self.channels, self.preprocess, self.cache_dir,
+                num_workers=self.num_workers, progress=progress,
+            )
+            for dataset in self.datasets.values():
+                dataset.cache = self.image_cache
+        return self.image_cache
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if self.use_cache:
+            self.build_cache()
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,

@@ -82,7 +82,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["EnhParams", "monogenic", "enhance_local_phase"]
+__all__ = ["EnhParams", "enhance_local_phase", "monogenic"]
 
 
 @dataclass(frozen=True)

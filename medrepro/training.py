@@ -14,17 +14,27 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.results_json import mark_failed
-from medrepro.errors import ConfigError, UserError
+from datamodules.preflight import check_before_training
+from medrepro.errors import ConfigError, TrainingDiverged, UserError
 from medrepro.precision import resolve_precision
+from medrepro.resume import completed_results
 
 log = logging.getLogger(__name__)
-TRAINER_KEYS_NOT_FOR_LIGHTNING = ("batch_size",)
+TRAINER_KEYS_NOT_FOR_LIGHTNING = ("batch_size", "compile")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one job; return its test metrics (``test/acc``, ``test/auroc``, ...)."""
+    """Run one job; return its test metrics (``test/acc``, ``test/auroc``, ...).
+
+    A job whose run folder already holds the completed results of the same resolved
+    configuration (a sweep re-run into the same ``hydra.sweep.dir``) is not run again.
+    """
     _check_no_missing_values(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    previous = completed_results(output_dir, cfg)
+    if previous is not None:
+        log.info("Skipped: %s already holds the completed results of this configuration.", output_dir)
+        return {f"test/{key}": value for key, value in previous["test"].items()}
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     augment = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None
@@ -32,11 +42,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
 
-    model = build_model(cfg, datamodule.class_names, datamodule.channels)
+    model = build_model(cfg, datamodule.class_names, datamodule.model_channels)
+    if cfg.trainer.get("compile", False):
+        model.backbone.compile()  # in place: checkpoints keep the plain parameter names
     callbacks = build_callbacks(cfg)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = build_trainer(cfg, callbacks, logger, output_dir)
 
+    check_before_training(datamodule)  # the quick data audit: stops on leakage or bad files
     trainer.fit(model, datamodule=datamodule)
     if trainer.interrupted:
         raise KeyboardInterrupt
@@ -87,6 +100,8 @@ def build_trainer(cfg: DictConfig, callbacks, logger, output_dir: Path) -> pl.Tr
     for key in TRAINER_KEYS_NOT_FOR_LIGHTNING:
         settings.pop(key, None)
     settings["precision"] = resolve_precision(settings.get("precision"), settings.get("accelerator"))
+    if settings.get("benchmark") == "auto":  # cudnn.benchmark unless results must be reproducible
+        settings["benchmark"] = not settings.get("deterministic")
     try:
         return pl.Trainer(
             **settings, callbacks=callbacks, logger=logger, default_root_dir=str(output_dir)
@@ -98,15 +113,21 @@ def build_trainer(cfg: DictConfig, callbacks, logger, output_dir: Path) -> pl.Tr
 def run_job(cfg: DictConfig) -> float | None:
     """Run :func:`train`, turning a user's mistake into one sentence on stderr.
 
-    In a single run the process then exits with status 1; in a multirun the job is
-    recorded as failed in its own results.json and the sweep goes on.
+    In a single run the process then exits with status 1 (other exceptions propagate
+    with their traceback). In a multirun any failing job is recorded as ``failed`` (or
+    ``diverged``) in its own results.json, its traceback goes to the job's log, and the
+    sweep goes on with the next job.
     """
     try:
         metrics = train(cfg)
     except Exception as raised:
         error = _user_error_behind(raised)
         if error is None:
-            raise
+            if not _is_multirun():
+                raise
+            log.exception("The job failed; the sweep goes on.")
+            _report_failure(cfg, "failed", _first_line(raised))
+            return None
         status = "diverged" if isinstance(error, TrainingDiverged) else "failed"
         _report_failure(cfg, status, _sentence(error))
         if _is_multirun():
@@ -134,6 +155,15 @@ def _sentence(error: UserError) -> str:
     if "Original Traceback" in message:
         message = message.splitlines()[-1].split(": ", 1)[-1]
     return message
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` of the innermost cause (Hydra and Lightning wrap
+    the error that actually happened)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _report_failure(cfg: DictConfig, status: str, message: str) -> None:
@@ -164,10 +194,6 @@ def _check_diverged(trainer: pl.Trainer) -> None:
         raise TrainingDiverged(
             f"Training diverged: the training loss became {float(loss)}; lower optimizer.lr."
         )
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite."""
 
 
 def _checkpoint_to_test(trainer: pl.Trainer, which: str) -> str | None:

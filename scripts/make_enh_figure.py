@@ -15,15 +15,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datamodules.local_phase import EnhParams, enhance_local_phase  # noqa: E402
+from datamodules.local_phase import EnhParams, enhance_local_phase
 
 DEFAULT_IMAGE = (
     ROOT.parent / "shared" / "data" / "pneumonia_sample" / "NORMAL" / "IM-0214-0001.jpeg"

@@ -48,6 +48,16 @@ def compose_config(overrides: list[str], output_dir: Path, demo_dir: Path | None
     return cfg
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_cache_dir(tmp_path_factory) -> Path:
+    """Decoded-image caches of the whole session (also of train.py subprocesses) go to a
+    temporary folder, never into the repository's data/."""
+    folder = tmp_path_factory.mktemp("image_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDREPRO_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """One demo-data folder for the whole session (generated phantoms are reused)."""
@@ -65,11 +75,12 @@ def write_gray(path: Path, value: int, size: int = 24) -> Path:
 
 @pytest.fixture
 def class_folders(tmp_path) -> Path:
-    """``root/{cat,dog}/`` with 10 images each: two patients per file-name prefix."""
+    """``root/{cat,dog}/`` with 10 images each (no two alike): two patients per file-name
+    prefix."""
     root = tmp_path / "images"
     for label, value in (("cat", 40), ("dog", 180)):
         for i in range(10):
-            write_gray(root / label / f"p{label}{i // 2}_img{i}.png", value)
+            write_gray(root / label / f"p{label}{i // 2}_img{i}.png", value + i)
     return root
 
 
