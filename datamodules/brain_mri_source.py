@@ -10,14 +10,11 @@ no image is ever counted twice. The file names carry no patient id
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from datamodules.dataset_location import PublishedLayout, check_fixed_layout, from_kaggle
-from datamodules.folder_source import FolderSource
 from datamodules.records import ImageRecord
 
-log = logging.getLogger(__name__)
 KAGGLE_PAGE = "https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection"
 CLASS_NAMES = ("no", "yes")
 
@@ -48,13 +45,4 @@ class BrainMriSource:
         """Nothing to download: Kaggle needs a login, so the user downloads it."""
 
     def records(self) -> list[ImageRecord]:
-        start = self.layout.locate(self.root)
-        if start != self.root:
-            log.info("reading the navoneel layout at %s", start)
-        folders = FolderSource(
-            start,
-            layout="class_folders",
-            class_names=self.class_names,
-            patient_id_regex=self.patient_id_regex,
-        )
-        return folders.records()
+        return self.layout.records(self.root, "class_folders", self.class_names, self.patient_id_regex)

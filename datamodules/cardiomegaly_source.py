@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.dataset_location import PublishedLayout
-from datamodules.folder_source import FolderSource
 from datamodules.records import ImageRecord
 
 CLASS_NAMES = ("normal", "cardiomegaly")
@@ -46,10 +45,6 @@ class CardiomegalySource:
         """Nothing to download: the data set is private."""
 
     def records(self) -> list[ImageRecord]:
-        start = self.layout.locate(self.root)
-        return FolderSource(
-            start,
-            layout=self.folder_layout,
-            class_names=self.class_names,
-            patient_id_regex=self.patient_id_regex,
-        ).records()
+        return self.layout.records(
+            self.root, self.folder_layout, self.class_names, self.patient_id_regex
+        )

@@ -9,11 +9,16 @@ what layout is expected, and the demo data set to run instead.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from datamodules.folder_source import FolderSource
+from datamodules.records import ImageRecord
 from medrepro.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 IGNORED_FOLDERS = ("__MACOSX",)
 
@@ -47,6 +52,23 @@ class PublishedLayout:
             if all((start / part).is_dir() for part in self.required):
                 return start
         raise self.error(root)
+
+    def records(
+        self,
+        root: str | Path,
+        folder_layout: str,
+        class_names: Sequence[str],
+        patient_id_regex: str | None,
+    ) -> list[ImageRecord]:
+        """Locate the layout below ``root`` and scan it as class (or split) folders."""
+        start = self.locate(root)
+        if start != Path(root).expanduser():
+            log.info("reading the %s at %s", self.title, start)
+        folders = FolderSource(
+            start, layout=folder_layout, class_names=list(class_names),
+            patient_id_regex=patient_id_regex,
+        )
+        return folders.records()
 
     def error(self, root: Path) -> DataError:
         """The sentence for a missing ``root`` or one without this layout."""

@@ -20,7 +20,6 @@ import logging
 from pathlib import Path
 
 from datamodules.dataset_location import PublishedLayout, check_fixed_layout, from_kaggle
-from datamodules.folder_source import FolderSource
 from datamodules.records import SPLITS, ImageRecord
 
 log = logging.getLogger(__name__)
@@ -55,17 +54,10 @@ class KagglePneumoniaSource:
         """Nothing to download: Kaggle needs a login, so the user downloads it."""
 
     def records(self) -> list[ImageRecord]:
-        start = self.layout.locate(self.root)
-        if start != self.root:
-            log.info("reading the Kaggle layout at %s", start)
-        folders = FolderSource(
-            start,
-            layout="split_folders",
-            class_names=self.class_names,
-            patient_id_regex=self.patient_id_regex,
+        records = self.layout.records(
+            self.root, "split_folders", self.class_names, self.patient_id_regex
         )
-        records = folders.records()
-        missing = sorted({s for s in SPLITS} - {r.given_split for r in records})
+        missing = sorted(set(SPLITS) - {r.given_split for r in records})
         if missing:
-            log.warning("the Kaggle layout at %s has no %s folder", start, ", ".join(missing))
+            log.warning("the Kaggle layout in %s has no %s folder", self.root, ", ".join(missing))
         return records

@@ -167,7 +167,6 @@ def _first_line(error: BaseException) -> str:
 
 
 def _report_failure(cfg: DictConfig, status: str, message: str) -> None:
-    log.error("%s", message)
     print(f"\nError: {message}", file=sys.stderr)
     output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
     if output_dir and Path(output_dir).is_dir():
