@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from datamodules.dataset_location import IGNORED_FOLDERS
+from datamodules.file_facts_store import FileFactsStore, file_key
 from datamodules.file_inspection import inspect_file
 from datamodules.perceptual_hash import near_duplicate_pairs
 from datamodules.records import SPLITS
@@ -35,14 +36,29 @@ NEAR_DISTANCE = 4
 
 
 def inspect_manifest(
-    manifest: pd.DataFrame, quick: bool, workers: int | None = None
+    manifest: pd.DataFrame, quick: bool, workers: int | None = None,
+    store_dir: str | Path | None = None,
 ) -> pd.DataFrame:
-    """The manifest with one column per :class:`FileFacts` field, in the same row order."""
+    """The manifest with one column per :class:`FileFacts` field, in the same row order.
+
+    With ``store_dir`` (quick inspections only), facts of unchanged files are taken from
+    the :class:`FileFactsStore` there instead of reading the files again."""
     workers = workers or min(8, os.cpu_count() or 1)
     paths = manifest["path"].tolist()
+    store = FileFactsStore(store_dir) if quick and store_dir else None
+    keys = [file_key(p) for p in paths] if store else []
+    known = store.facts if store else {}
+    missing = [p for p, k in zip(paths, keys) if k not in known] if store else paths
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        facts = list(pool.map(lambda p: inspect_file(p, quick=quick), paths))
-    columns = pd.DataFrame([f.as_dict() for f in facts], index=manifest.index).drop(columns="path")
+        found = dict(zip(missing, pool.map(lambda p: inspect_file(p, quick=quick).as_dict(), missing)))
+    if store:
+        if missing:
+            store.facts.update((k, found[p]) for p, k in zip(paths, keys) if p in found)
+            store.save()
+        rows = [store.facts[k] for k in keys]
+    else:
+        rows = [found[p] for p in paths]
+    columns = pd.DataFrame(rows, index=manifest.index).drop(columns="path")
     return pd.concat([manifest, columns], axis=1)
 
 

@@ -1,6 +1,7 @@
 """The quick part of the data audit that every training run does before fitting.
 
-It reads every train/val/test file once (no decoding) and stops the run with one
+It reads every train/val/test file once (no decoding; unchanged files are remembered in the
+cache folder, so the jobs of a sweep read them once) and stops the run with one
 sentence when
 
 * a file is zero bytes, not an image or truncated, unless ``data.skip_unreadable=true``
@@ -36,7 +37,7 @@ def check_before_training(datamodule) -> dict:
     results.json and store them as ``datamodule.data_checks``."""
     manifest = datamodule.manifest
     used = manifest[manifest["split"].isin(SPLITS)]
-    table = inspect_manifest(used, quick=True)
+    table = inspect_manifest(used, quick=True, store_dir=getattr(datamodule, "cache_dir", None))
     checks: dict = {}
 
     problems = file_problems(table)

@@ -172,3 +172,31 @@ def test_audit_entry_writes_json_and_markdown(tmp_path, capsys):
     assert "## Exact duplicates (same bytes)" in markdown and "IM-0555-0001.png" in markdown
     printed = capsys.readouterr().out
     assert "exact duplicate groups: 1" in printed and "audit.md" in printed
+
+
+def test_quick_facts_of_unchanged_files_are_remembered_between_runs(tmp_path):
+    from datamodules.audit import inspect_manifest
+    from datamodules.file_facts_store import FileFactsStore
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = []
+    for i in range(3):
+        path = folder / f"{i}.png"
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(path)
+        paths.append(str(path))
+    manifest = pd.DataFrame({"path": paths, "label": "a", "split": "train"})
+    first = inspect_manifest(manifest, quick=True, store_dir=tmp_path / "store")
+    assert first["format"].tolist() == ["PNG"] * 3 and first["problem"].isna().all()
+
+    store = FileFactsStore(tmp_path / "store")
+    assert len(store.facts) == 3
+    for facts in store.facts.values():  # plant a marker: only a store lookup can return it
+        facts["format"] = "FROM-STORE"
+    store.save()
+    (folder / "2.png").write_bytes((folder / "2.png").read_bytes()[:20])  # changed: truncated
+    second = inspect_manifest(manifest, quick=True, store_dir=tmp_path / "store")
+    assert second["format"].tolist()[:2] == ["FROM-STORE", "FROM-STORE"]
+    assert second["problem"].iloc[2] is not None and second["format"].iloc[2] != "FROM-STORE"
+    uncached = inspect_manifest(manifest, quick=True)
+    assert uncached["format"].tolist()[:2] == ["PNG", "PNG"]
