@@ -7,8 +7,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from medrepro.benchmarking.report import add_derived_figures, format_report
-from medrepro.benchmarking.runner import Settings, run_benchmark
+from benchmarks.harness.report import add_derived_figures, format_report
+from benchmarks.harness.runner import Settings, run_benchmark
 
 
 def main() -> int:

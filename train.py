@@ -1,16 +1,6 @@
-"""Train, validate and test one model: `python train.py [overrides]` (see README.md)."""
+"""`python train.py [overrides]`: see README.md (installed: `medrepro-train`)."""
 
-import hydra
-from omegaconf import DictConfig
-
-import medrepro.resolvers  # noqa: F401  (registers ${medrepro_root:})
-from medrepro.training import run_job
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return run_job(cfg)
-
+from medrepro.cli.train import main
 
 if __name__ == "__main__":
     main()

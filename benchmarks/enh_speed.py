@@ -1,7 +1,7 @@
 """ENH images per second: medrepro's torch implementation beside phasecongruency's numpy.
 
 Both sides compute the same thing on the same images: the monogenic signal (torch:
-``datamodules.local_phase.monogenic``; numpy: ``phasecongruency.monofilt``, one image at a
+``medrepro.datamodules.transforms.local_phase.monogenic``; numpy: ``phasecongruency.monofilt``, one image at a
 time as it takes) and the three ENH channels with the same formulas and parameters
 (``EnhParams()`` defaults). Images are the sample chest X-rays resized to each size, or
 random images if the samples are not there.
@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datamodules.local_phase import EnhParams, enhance_local_phase
+from medrepro.datamodules.transforms.local_phase import EnhParams, enhance_local_phase
 
 SAMPLES = ROOT.parent / "shared" / "data" / "pneumonia_sample"
 

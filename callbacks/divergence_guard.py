@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from medrepro.errors import TrainingDiverged
+from medrepro.core.errors import TrainingDiverged
 
 
 class DivergenceGuard(pl.Callback):
-    """Raise :class:`~medrepro.errors.TrainingDiverged` once a training batch's loss was
+    """Raise :class:`~medrepro.core.errors.TrainingDiverged` once a training batch's loss was
     NaN or infinite, instead of training on for the remaining epochs.
 
     Every batch's loss is checked on its own device (no host synchronisation); the flag is

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytorch_lightning as pl
 
-from callbacks.epoch_history import EpochHistory
-from datamodules.splitting import split_counts
-from medrepro.environment import device_description, package_versions
-
-FILENAME = "results.json"
+from medrepro.callbacks.epoch_history import EpochHistory
+from medrepro.core.environment import device_description, package_versions
+from medrepro.core.run_folder import RESULTS_JSON, now, write_results
+from medrepro.datamodules.splitting.split import split_counts
 
 
 class ResultsJSON(pl.Callback):
@@ -23,7 +20,7 @@ class ResultsJSON(pl.Callback):
     ``status`` ``running`` until the test stage has ended, then ``completed``."""
 
     def __init__(self, output_dir: str, run_config: dict | None = None) -> None:
-        self.path = Path(output_dir) / FILENAME
+        self.path = Path(output_dir) / RESULTS_JSON
         self.results: dict = {"status": "running", "run_dir": str(Path(output_dir).resolve())}
         if run_config is not None:
             self.results["config"] = run_config
@@ -31,7 +28,7 @@ class ResultsJSON(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if "started_at" not in self.results:
-            self.results["started_at"] = _now()
+            self.results["started_at"] = now()
             self.results["versions"] = package_versions()
             self.results["device"] = device_description(type(trainer.accelerator).__name__
                                                         .replace("Accelerator", "").lower())
@@ -67,7 +64,7 @@ class ResultsJSON(pl.Callback):
         self.results["test"] = _stage_metrics(trainer, "test")
         self._confusion(pl_module, "test")
         self.results["status"] = "completed"
-        self.results["finished_at"] = _now()
+        self.results["finished_at"] = now()
         self.results["total_seconds"] = round(time.perf_counter() - self._started, 1)
         self.write()
 
@@ -81,22 +78,6 @@ class ResultsJSON(pl.Callback):
 
     def write(self) -> None:
         write_results(self.path, self.results)
-
-
-def write_results(path: Path, results: dict) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(results, indent=2, default=str, allow_nan=True))
-    temporary.replace(path)
-
-
-def mark_failed(output_dir: str | Path, status: str, message: str) -> None:
-    """Record in the run's results.json that it ``failed`` (or ``diverged``) and why."""
-    path = Path(output_dir) / FILENAME
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results.update(status=status, error=message, finished_at=_now())
-    write_results(path, results)
 
 
 def _stage_metrics(trainer: pl.Trainer, stage: str) -> dict[str, float]:
@@ -129,7 +110,7 @@ def _data_facts(datamodule) -> dict:
         "patient_leakage_possible": None if mode == "given" else not grouped,
         "split_counts": split_counts(datamodule.manifest).to_dict(orient="index"),
         "variant": getattr(datamodule, "variant", None),
-        # the pre-training data checks (datamodules/preflight.py) measure leakage instead
+        # the pre-training data checks (datamodules/audit/preflight.py) measure leakage instead
         **getattr(datamodule, "data_checks", {}),
     }
 
@@ -139,7 +120,3 @@ def _number(value) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytorch_lightning as pl
 
-from callbacks.epoch_history import EpochHistory
-from callbacks.test_predictions import TestPredictions
-from medrepro.figures import plot_confusion_matrix, plot_learning_curves, plot_roc_curves
+from medrepro.callbacks.epoch_history import EpochHistory
+from medrepro.callbacks.test_predictions import TestPredictions
+from medrepro.core.figures import plot_confusion_matrix, plot_learning_curves, plot_roc_curves
 
 
 class RunPlots(pl.Callback):

@@ -12,12 +12,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.cache import ImageCache
-from datamodules.enhancement import ENHANCEMENTS, LocalPhaseEnhancement
-from datamodules.image_dataset import ImageDataset, reseed_augmentation_in_worker
-from datamodules.records import SPLITS
-from datamodules.splitting import make_split, split_counts
-from medrepro.errors import ConfigError, DataError
+from medrepro.core.errors import ConfigError, DataError
+from medrepro.core.records import SPLITS
+from medrepro.datamodules.cache.image_cache import ImageCache
+from medrepro.datamodules.image_dataset import ImageDataset, reseed_augmentation_in_worker
+from medrepro.datamodules.splitting.split import make_split, split_counts
+from medrepro.datamodules.transforms.enhancement import ENHANCEMENTS, LocalPhaseEnhancement
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         channels: 1 (grayscale) or 3 (RGB) input channels.
         image_size: side of the square images the model sees.
         split: ``mode``, ``counts``, ``ratios``, ``group_by_patient``, ``seed`` (see
-            :mod:`datamodules.splitting`).
+            :mod:`medrepro.datamodules.splitting.split`).
         preprocess: deterministic albumentations transforms (resize, crops, ...).
         augment: random albumentations pipeline for training images only.
         batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings;
@@ -43,13 +43,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         variant: which version of the data set's images (covid3: ``cxr`` or ``enh``),
             recorded in results.json.
         allow_leakage, skip_unreadable: let training go on despite cross-split leakage or
-            unreadable files (see :mod:`datamodules.preflight`).
+            unreadable files (see :mod:`medrepro.datamodules.audit.preflight`).
         enhance: ``none`` or ``enh``: append the local-phase enhancement (study 5's ENH
-            input, :mod:`datamodules.enhancement`) to the pre-processing; images are read
+            input, :mod:`medrepro.datamodules.transforms.enhancement`) to the pre-processing; images are read
             as grayscale and the model gets the three ENH channels.
-        enh: the enhancement's parameters (``datamodules.local_phase.EnhParams`` fields).
+        enh: the enhancement's parameters (``medrepro.datamodules.transforms.local_phase.EnhParams`` fields).
         cache: pre-process every image of the manifest once into a memory-mapped uint8
-            array in ``cache_dir`` (see :mod:`datamodules.cache`), built when the first
+            array in ``cache_dir`` (see :mod:`medrepro.datamodules.cache.image_cache`), built when the first
             data loader is asked for; ``False`` reads and pre-processes the files each time.
     """
 
@@ -85,7 +85,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.name = name
         self.variant = variant
         self.root = root
-        # checked by datamodules.preflight before training; its findings go to results.json
+        # checked by medrepro.datamodules.audit.preflight before training; its findings go to results.json
         self.allow_leakage = bool(allow_leakage)
         self.skip_unreadable = bool(skip_unreadable)
         self.data_checks: dict = {}

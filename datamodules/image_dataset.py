@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from datamodules.image_reader import read_image
+from medrepro.datamodules.transforms.image_reader import read_image
 
 Transform = Callable[..., dict]
 
@@ -18,7 +18,7 @@ class ImageDataset(Dataset):
 
     ``preprocess`` (deterministic) and ``augment`` (random) are albumentations-style
     callables: ``transform(image=array)["image"]`` on ``float32 [H, W, C]`` arrays.
-    With a ``cache`` (:class:`datamodules.cache.ImageCache` holding these paths), the
+    With a ``cache`` (:class:`medrepro.datamodules.cache.image_cache.ImageCache` holding these paths), the
     pre-processed image comes from the cache and only ``augment`` runs per item.
     """
 

@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from medrepro.errors import ConfigError, UserError
+from medrepro.core.errors import ConfigError, UserError
 
 
 def create_backbone(

@@ -9,8 +9,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lightning_modules.backbone import create_backbone
-from lightning_modules.metrics import ClassificationMetrics
+from medrepro.lightning_modules.backbone import create_backbone
+from medrepro.lightning_modules.metrics import ClassificationMetrics
 
 STAGES = ("train", "val", "test")
 
@@ -22,11 +22,11 @@ class ImageClassifier(pl.LightningModule):
         name: timm model name (``inception_v3``, ``legacy_xception``, ``vgg16``, ...).
         class_names: classes in label order (for binary tasks label 1 is the positive one).
         in_chans: input channels (1 or 3).
-        loss: a loss module from :mod:`lightning_modules.losses`; it decides the number of
+        loss: a loss module from :mod:`medrepro.lightning_modules.losses`; it decides the number of
             logits and the output activation.
         optimizer: ``optimizer(params)`` -> torch optimiser (a Hydra ``_partial_``).
         scheduler: ``scheduler(optimizer)`` -> LR scheduler, or ``None``.
-        pretrained, weights, drop_rate: see :func:`lightning_modules.backbone.create_backbone`.
+        pretrained, weights, drop_rate: see :func:`medrepro.lightning_modules.backbone.create_backbone`.
         threshold: decision threshold on the positive-class probability (binary tasks).
         mean, std: input normalisation per channel; ``None`` takes the backbone's
             pretrained configuration (averaged over RGB for one-channel inputs).
@@ -61,7 +61,7 @@ class ImageClassifier(pl.LightningModule):
             weights=weights,
             drop_rate=drop_rate,
         ).to(memory_format=torch.channels_last)
-        mean, std = _normalisation(self.backbone, in_chans, mean, std)
+        mean, std = input_normalisation(self.backbone, in_chans, mean, std)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.stage_metrics = nn.ModuleDict(
@@ -129,7 +129,10 @@ class ImageClassifier(pl.LightningModule):
         }
 
 
-def _normalisation(backbone, in_chans, mean, std) -> tuple[list[float], list[float]]:
+def input_normalisation(backbone, in_chans, mean, std) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std the model normalises its [0, 1] input with: the given
+    ones, else the backbone's pretrained configuration, averaged over RGB when the input has
+    another number of channels."""
     config = getattr(backbone, "pretrained_cfg", {}) or {}
     mean = list(mean) if mean is not None else list(config.get("mean", (0.5, 0.5, 0.5)))
     std = list(std) if std is not None else list(config.get("std", (0.5, 0.5, 0.5)))

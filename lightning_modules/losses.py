@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medrepro.errors import ConfigError
+from medrepro.core.errors import ConfigError
 
 KINDS = ("auto", "bce", "ce", "ce_onehot")
 

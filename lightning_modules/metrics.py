@@ -12,12 +12,12 @@ and F1 of every class.
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
 from torchmetrics import classification as tmc
+
+from medrepro.core.run_folder import class_key
 
 
 class ClassificationMetrics(nn.Module):
@@ -61,7 +61,7 @@ class ClassificationMetrics(nn.Module):
         # "disable": no NaN check (a sync); a NaN loss makes the epoch's loss NaN (diverged)
         self.loss = MeanMetric(nan_strategy="disable")
         self.confusion = tmc.MulticlassConfusionMatrix(n, **checks)
-        self.keys = [_key(name) for name in self.class_names]
+        self.keys = [class_key(name) for name in self.class_names]
 
     def predicted_labels(self, probabilities: torch.Tensor) -> torch.Tensor:
         if self.binary:
@@ -95,8 +95,3 @@ class ClassificationMetrics(nn.Module):
     def reset(self) -> None:
         for metric in (self.summary, self.per_class, self.mse, self.loss, self.confusion):
             metric.reset()
-
-
-def _key(class_name: str) -> str:
-    """A class name usable inside a metric key (``COVID-19`` -> ``covid_19``)."""
-    return re.sub(r"[^0-9a-zA-Z]+", "_", class_name).strip("_").lower() or "class"

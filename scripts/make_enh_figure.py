@@ -23,7 +23,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datamodules.local_phase import EnhParams, enhance_local_phase
+from medrepro.datamodules.transforms.local_phase import EnhParams, enhance_local_phase
 
 DEFAULT_IMAGE = (
     ROOT.parent / "shared" / "data" / "pneumonia_sample" / "NORMAL" / "IM-0214-0001.jpeg"

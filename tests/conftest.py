@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-import medrepro.resolvers  # noqa: F401
+import medrepro.core.config_tree  # noqa: F401  (registers the resolvers)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "conf"

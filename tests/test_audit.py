@@ -17,11 +17,11 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 from PIL import Image
 
-from datamodules.audit import audit_data
-from datamodules.preflight import check_before_training
-from medrepro.auditing import audit
-from medrepro.errors import DataError
-from medrepro.training import train
+from medrepro.core.errors import DataError
+from medrepro.datamodules.audit.data_audit import audit_data
+from medrepro.datamodules.audit.preflight import check_before_training
+from medrepro.jobs.auditing import audit
+from medrepro.jobs.training import train
 
 
 def xray(seed: int, size: int = 96) -> np.ndarray:
@@ -175,8 +175,8 @@ def test_audit_entry_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_quick_facts_of_unchanged_files_are_remembered_between_runs(tmp_path):
-    from datamodules.audit import inspect_manifest
-    from datamodules.file_facts_store import FileFactsStore
+    from medrepro.datamodules.audit.data_audit import inspect_manifest
+    from medrepro.datamodules.audit.file_facts_store import FileFactsStore
 
     folder = tmp_path / "images"
     folder.mkdir()

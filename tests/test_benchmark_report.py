@@ -3,7 +3,7 @@ the measurements themselves are not tests, they run in `python benchmark.py`).""
 
 import pytest
 
-from medrepro.benchmarking.report import add_derived_figures, format_report
+from benchmarks.harness.report import add_derived_figures, format_report
 
 
 def measured(peak=None, held_rss=900.0, lightning_train=9.6):

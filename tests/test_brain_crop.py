@@ -9,8 +9,8 @@ import pytest
 from conftest import shared_data
 from scipy import ndimage
 
-from datamodules.brain_crop import CropToBrain, brain_box
-from datamodules.image_reader import read_image
+from medrepro.datamodules.transforms.brain_crop import CropToBrain, brain_box
+from medrepro.datamodules.transforms.image_reader import read_image
 
 
 def head_mask(gray: np.ndarray) -> np.ndarray:

@@ -17,12 +17,12 @@ import tifffile
 import torch
 from conftest import REPO, TINY_TRAINING, compose_config, write_gray
 
-from datamodules import image_dataset
-from datamodules.cache import ImageCache, quantise
-from datamodules.image_dataset import preprocess_image
-from datamodules.image_reader import read_image
-from medrepro.errors import ConfigError, DataError
-from medrepro.training import build_model, build_trainer
+from medrepro.core.errors import ConfigError, DataError
+from medrepro.datamodules import image_dataset
+from medrepro.datamodules.cache.image_cache import ImageCache, quantise
+from medrepro.datamodules.image_dataset import preprocess_image
+from medrepro.datamodules.transforms.image_reader import read_image
+from medrepro.jobs.training import build_model, build_trainer
 
 QUANTUM = 1 / 510 + 1e-6  # largest error of rounding to 1/255 steps
 
@@ -168,7 +168,7 @@ def test_augmentation_still_runs_per_epoch_after_the_cache(tmp_path, class_folde
 
 def test_build_ahead_of_time_from_the_command_line(tmp_path, class_folders):
     done = subprocess.run(
-        [sys.executable, "-m", "datamodules.cache", "data=folder", f"data.root={class_folders}",
+        [sys.executable, "-m", "medrepro.datamodules.cache.image_cache", "data=folder", f"data.root={class_folders}",
          "data.image_size=16", f"data.cache_dir={tmp_path / 'cache'}"],
         capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]

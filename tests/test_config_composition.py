@@ -12,7 +12,7 @@ import torch
 from conftest import CONFIG_DIR, compose_config
 from omegaconf import OmegaConf
 
-from medrepro.training import build_callbacks, build_model, build_trainer
+from medrepro.jobs.training import build_callbacks, build_model, build_trainer
 
 SKIPPED_GROUPS = {"hydra", "paths", "experiment", "debug"}  # experiment, debug: tests/test_experiments.py
 

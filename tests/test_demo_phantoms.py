@@ -18,8 +18,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from datamodules import demo_phantoms
-from datamodules.demo_phantoms import DEMO_DATASETS, ensure_demo_dataset
+from medrepro.datamodules.demo import phantoms as demo_phantoms
+from medrepro.datamodules.demo.phantoms import DEMO_DATASETS, ensure_demo_dataset
 
 SIZE, PER_CLASS = 96, 40
 NORMAL_NAME = re.compile(r"(?P<patient>(NORMAL2-)?IM-\d{4})-(?P<image>\d{4})\.jpeg")

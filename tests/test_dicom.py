@@ -8,8 +8,8 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from datamodules.image_reader import is_image_file, read_image
-from medrepro.errors import DataError
+from medrepro.core.errors import DataError
+from medrepro.datamodules.transforms.image_reader import is_image_file, read_image
 
 
 def write_dicom(path, pixels, photometric="MONOCHROME2", frames=1, **elements):

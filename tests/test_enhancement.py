@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import TINY_RUN, compose_config
 
-from datamodules.image_reader import read_image
-from datamodules.local_phase import enhance_local_phase
-from medrepro.training import run_job, train
+from medrepro.datamodules.transforms.image_reader import read_image
+from medrepro.datamodules.transforms.local_phase import enhance_local_phase
+from medrepro.jobs.training import run_job, train
 
 
 def test_enh_run_feeds_three_local_phase_channels_to_the_model(tmp_path, demo_dir):

@@ -27,11 +27,11 @@ from omegaconf import OmegaConf, open_dict
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from lightning_modules.losses import build_loss
-from lightning_modules.metrics import _key as class_key
-from medrepro.report.statistics import metrics_from_predictions, prediction_arrays
-from medrepro.report.summary import write_report
-from medrepro.training import run_job
+from medrepro.core.run_folder import class_key
+from medrepro.jobs.report.statistics import metrics_from_predictions, prediction_arrays
+from medrepro.jobs.report.summary import write_report
+from medrepro.jobs.training import run_job
+from medrepro.lightning_modules.losses import build_loss
 
 EXPERIMENTS = {  # name -> (arms, real data config)
     "cardiomegaly_inception": (1, "cardiomegaly"),
@@ -42,7 +42,7 @@ EXPERIMENTS = {  # name -> (arms, real data config)
 }
 SEEDS = 3
 FAST = ["model.name=test_resnet", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-        "~callbacks.run_plots", "hydra.callbacks.sweep_report.resamples=200"]
+        "~medrepro.callbacks.run_plots", "hydra.callbacks.sweep_report.resamples=200"]
 
 
 def compose_experiment(name: str, *overrides: str):

@@ -1,8 +1,8 @@
 import pytest
 from conftest import shared_data, write_gray
 
-from datamodules.folder_source import FolderSource
-from medrepro.errors import DataError
+from medrepro.core.errors import DataError
+from medrepro.datamodules.sources.folder import FolderSource
 
 
 def test_class_folders_with_quirks_are_scanned(class_folders):

@@ -6,8 +6,8 @@ import tifffile
 from conftest import shared_data
 from PIL import Image
 
-from datamodules.image_reader import read_image
-from medrepro.errors import DataError
+from medrepro.core.errors import DataError
+from medrepro.datamodules.transforms.image_reader import read_image
 
 GRAY = (np.arange(16 * 20).reshape(16, 20) % 256).astype(np.uint8)
 EXPECTED = GRAY.astype(np.float32)[:, :, None] / 255

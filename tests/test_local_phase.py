@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.local_phase import (
+from medrepro.datamodules.transforms.local_phase import (
     EnhParams,
     _filter_bank,
     enhance_local_phase,
@@ -236,7 +236,7 @@ def test_cuda_matches_cpu():
 
 
 def test_module_does_not_depend_on_phasecongruency():
-    import datamodules.local_phase as module
+    import medrepro.datamodules.transforms.local_phase as module
 
     source = Path(module.__file__).read_text()
     assert "import phasecongruency" not in source and "from phasecongruency" not in source

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from lightning_modules.metrics import ClassificationMetrics
+from medrepro.lightning_modules.metrics import ClassificationMetrics
 
 
 def feed(metrics, probabilities, target, batch=7):

@@ -5,10 +5,10 @@ import timm
 import torch
 import torchvision
 
-from lightning_modules.backbone import create_backbone
-from lightning_modules.image_classifier import ImageClassifier
-from lightning_modules.losses import build_loss
-from medrepro.errors import ConfigError, UserError
+from medrepro.core.errors import ConfigError, UserError
+from medrepro.lightning_modules.backbone import create_backbone
+from medrepro.lightning_modules.image_classifier import ImageClassifier
+from medrepro.lightning_modules.losses import build_loss
 
 MODELS = ["inception_v3", "legacy_xception", "vgg16"]
 

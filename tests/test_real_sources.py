@@ -10,11 +10,11 @@ import pytest
 import tifffile
 from conftest import compose_config, shared_data, write_gray
 
-from datamodules.brain_mri_source import BrainMriSource
-from datamodules.cardiomegaly_source import CardiomegalySource
-from datamodules.covid3_source import Covid3Source
-from datamodules.kaggle_pneumonia_source import KagglePneumoniaSource
-from medrepro.errors import ConfigError, DataError
+from medrepro.core.errors import ConfigError, DataError
+from medrepro.datamodules.sources.brain_mri import BrainMriSource
+from medrepro.datamodules.sources.cardiomegaly import CardiomegalySource
+from medrepro.datamodules.sources.covid3 import Covid3Source
+from medrepro.datamodules.sources.kaggle_pneumonia import KagglePneumoniaSource
 
 PAPER_COUNTS = {"train": {"NORMAL": 790, "PNEUMONIA": 2140}, "val": {"NORMAL": 593, "PNEUMONIA": 1833},
                 "test": {"NORMAL": 200, "PNEUMONIA": 300}}
@@ -109,7 +109,7 @@ def test_kaggle_patient_ids():
              "NORMAL2-IM-0115-0002.jpeg"]
     import re
 
-    from datamodules.kaggle_pneumonia_source import PATIENT_ID_REGEX
+    from medrepro.datamodules.sources.kaggle_pneumonia import PATIENT_ID_REGEX
 
     ids = [re.match(PATIENT_ID_REGEX, n).group(1) for n in names]
     assert ids == ["person12", "person12", "IM-0115", "NORMAL2-IM-0115"]

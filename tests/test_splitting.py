@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from datamodules.records import ImageRecord
-from datamodules.splitting import make_split, split_counts
-from medrepro.errors import ConfigError, DataError
+from medrepro.core.errors import ConfigError, DataError
+from medrepro.core.records import ImageRecord
+from medrepro.datamodules.splitting.split import make_split, split_counts
 
 
 def records_with_patients(n_patients=40, images=(1, 2, 3)):

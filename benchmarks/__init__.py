@@ -1,0 +1,1 @@
+"""Benchmark scripts and their harness (not part of the installed package)."""

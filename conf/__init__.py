@@ -1,0 +1,1 @@
+"""The Hydra config tree (YAML files), installed as ``medrepro.conf``."""

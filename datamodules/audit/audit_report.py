@@ -1,0 +1,136 @@
+"""Render a data audit (:func:`medrepro.datamodules.audit.data_audit.audit_data`) as ``audit.json``,
+``audit.md`` and a short summary for the terminal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LISTED = 25  # entries per section in audit.md (audit.json has them all)
+
+
+def write_audit(audit: dict, folder: str | Path) -> tuple[Path, Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / "audit.json", folder / "audit.md"
+    json_path.write_text(json.dumps(audit, indent=2, default=str))
+    md_path.write_text(markdown(audit))
+    return json_path, md_path
+
+
+def summary_lines(audit: dict) -> list[str]:
+    s = audit["summary"]
+    data = audit.get("data", {})
+    counts = "; ".join(
+        f"{split} " + ", ".join(f"{label} {n}" for label, n in per_class.items())
+        for split, per_class in audit["counts"].items()
+    )
+    props = audit["image_properties"]
+    lines = [
+        f"{data.get('name', 'data')}: {s['files']} files ({counts})",
+        f"unreadable, truncated, zero-byte or non-image files: {s['problem_files']}",
+        (f"exact duplicate groups: {s['exact_duplicate_groups']} "
+        f"({s['exact_duplicate_groups_across_splits']} across splits)"),
+    ]
+    if s["near_duplicate_pairs"] is not None:
+        lines.append(
+            f"near-duplicate pairs (pHash distance <= {audit['near_duplicate_max_distance']}): "
+            f"{s['near_duplicate_pairs']} ({s['near_duplicate_pairs_across_splits']} across splits)"
+        )
+    if s["duplicates_with_different_labels"]:
+        lines.append(f"duplicates with different labels: {s['duplicates_with_different_labels']}")
+    patients = s["patients_in_several_splits"]
+    lines.append(
+        "patients in more than one split: "
+        + ("unknown (the file names carry no patient id)" if patients is None else str(patients))
+    )
+    lines.append(
+        f"formats {_inline(props['formats'])}; modes {_inline(props['modes'])}; "
+        f"bit depths {_inline(props['bit_depths'])}; "
+        f"width {_range(props['width'])}, height {_range(props['height'])} px"
+    )
+    other = audit["files_not_taken"]
+    if other["count"] or other["hidden_or_macosx"]:
+        lines.append(
+            f"files not taken: {other['count']} ({_inline(other['by_extension'])}), "
+            f"hidden or __MACOSX: {other['hidden_or_macosx']}"
+        )
+    if data.get("split_error"):
+        lines.append(f"split not made: {data['split_error']}")
+    return lines
+
+
+def markdown(audit: dict) -> str:
+    data = audit.get("data", {})
+    out = [f"# Data audit: {data.get('name', '')}", ""]
+    out += [f"- {key.replace('_', ' ')}: `{value}`" for key, value in data.items()]
+    out += ["", "## Summary", ""] + [f"- {line}" for line in summary_lines(audit)]
+    out += ["", "## Images per split and class", ""] + _counts_table(audit["counts"])
+    out += _section(
+        "Unreadable, truncated, zero-byte and non-image files", audit["problems"],
+        lambda p: f"`{p['path']}` ({p['split']}, {p['label']}): {p['problem']} — {p['detail']}",
+    )
+    out += _section(
+        "Exact duplicates (same bytes)", audit["exact_duplicates"], _group_line,
+    )
+    if audit["near_duplicate_max_distance"] is not None:
+        out += _section(
+            f"Near duplicates (pHash distance <= {audit['near_duplicate_max_distance']} of 64 bits)",
+            audit["near_duplicates"],
+            lambda g: f"distance {g['distance']}: " + _group_line(g),
+        )
+    if audit["patient_ids_known"]:
+        out += _section(
+            "Patients in more than one split", audit["patients_in_several_splits"],
+            lambda p: f"`{p['patient_id']}`: " + _inline(p["images_per_split"]),
+        )
+    props = audit["image_properties"]
+    out += ["", "## Image properties", ""]
+    out += [f"- formats: {_inline(props['formats'])}", f"- modes: {_inline(props['modes'])}",
+            f"- bit depths: {_inline(props['bit_depths'])}",
+            f"- width: {_range(props['width'])} px; height: {_range(props['height'])} px",
+            f"- file sizes: {_range(props['bytes'])} bytes",
+            f"- extension does not match the format: {props['extension_differs_from_format']}"]
+    other = audit["files_not_taken"]
+    out += ["", "## Files the data source did not take", ""]
+    out += [(f"- below `{other.get('folder', '')}`: {other['count']} "
+            f"({_inline(other['by_extension'])}); hidden or `__MACOSX`: {other['hidden_or_macosx']}")]
+    out += [f"  - `{path}`" for path in other["examples"]]
+    return "\n".join(out) + "\n"
+
+
+def _section(title: str, entries: list, line) -> list[str]:
+    out = ["", f"## {title}", ""]
+    if not entries:
+        return out + ["None found."]
+    out += [f"- {line(entry)}" for entry in entries[:LISTED]]
+    if len(entries) > LISTED:
+        out.append(f"- ... and {len(entries) - LISTED} more (all in audit.json)")
+    return out
+
+
+def _group_line(group: dict) -> str:
+    flags = [flag for flag, on in (("ACROSS SPLITS", group["cross_split"]),
+                                   ("DIFFERENT LABELS", group["labels_differ"])) if on]
+    files = ", ".join(f"`{f['path']}` ({f['split']}, {f['label']})" for f in group["files"])
+    return (f"**{' / '.join(flags)}** " if flags else "") + files
+
+
+def _counts_table(counts: dict) -> list[str]:
+    labels = sorted({label for per_class in counts.values() for label in per_class})
+    rows = ["| split | " + " | ".join(labels) + " | total |",
+            "|---|" + "---|" * (len(labels) + 1)]
+    for split, per_class in counts.items():
+        values = [per_class.get(label, 0) for label in labels]
+        rows.append(f"| {split} | " + " | ".join(map(str, values)) + f" | {sum(values)} |")
+    return rows
+
+
+def _inline(mapping: dict) -> str:
+    return ", ".join(f"{key}: {value}" for key, value in mapping.items()) or "none"
+
+
+def _range(spread: dict) -> str:
+    if not spread:
+        return "n/a"
+    return f"{spread['min']}–{spread['max']} (median {spread['median']:g})"

@@ -1,0 +1,128 @@
+"""Inspect one image file for the data audit: size, content hash, header facts, problems.
+
+Two depths:
+
+* ``quick`` (run before every training): the file's bytes are hashed (exact duplicates),
+  its header is parsed (format, mode, size, bit depth) and JPEG and PNG files are checked
+  for their end marker (truncation). No pixel is decoded, so it takes about as long as
+  reading the files once.
+* full (``python audit.py``): the image is also decoded with the training reader, which
+  finds every file training would fail on, and its perceptual hash is computed (near
+  duplicates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from medrepro.core.errors import DataError
+from medrepro.datamodules.audit.perceptual_hash import perceptual_hash
+from medrepro.datamodules.transforms.image_reader import DICOM_EXTENSIONS, read_image
+
+ZERO_BYTES = "zero-byte file"
+TRUNCATED = "truncated"
+NOT_AN_IMAGE = "not an image"
+UNREADABLE = "unreadable"
+BITS_PER_MODE = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
+                 "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
+JPEG_END = b"\xff\xd9"
+PNG_END = b"IEND"
+
+
+@dataclass
+class FileFacts:
+    """What the audit knows about one file; ``problem`` is ``None`` for a good file."""
+
+    path: str
+    bytes: int = 0
+    sha256: str | None = None
+    format: str | None = None
+    mode: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bit_depth: int | None = None
+    problem: str | None = None
+    detail: str | None = None
+    phash: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def inspect_file(path: str | Path, quick: bool = True) -> FileFacts:
+    """Facts about ``path``; the full inspection (``quick=False``) decodes the image."""
+    facts = FileFacts(str(path))
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return _with_problem(facts, UNREADABLE, str(error))
+    facts.bytes = len(data)
+    if not data:
+        return _with_problem(facts, ZERO_BYTES, "the file is empty")
+    facts.sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        _read_header(facts, data)
+    except Exception as error:  # noqa: BLE001  (any parser failure: not an image)
+        return _with_problem(facts, NOT_AN_IMAGE, f"{type(error).__name__}: {error}")
+    if _is_truncated(facts.format, data):
+        return _with_problem(facts, TRUNCATED, f"{facts.format} file without its end marker")
+    if not quick:
+        try:
+            facts.phash = perceptual_hash(read_image(path, channels=1)[:, :, 0])
+        except DataError as error:
+            message = str(error)
+            kind = TRUNCATED if "truncated" in message else UNREADABLE
+            return _with_problem(facts, kind, message)
+    return facts
+
+
+def _with_problem(facts: FileFacts, problem: str, detail: str) -> FileFacts:
+    facts.problem, facts.detail = problem, detail
+    return facts
+
+
+def _read_header(facts: FileFacts, data: bytes) -> None:
+    if Path(facts.path).suffix.lower() in DICOM_EXTENSIONS:
+        _read_dicom_header(facts, data)
+        return
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            facts.format, facts.mode = image.format, image.mode
+            facts.width, facts.height = image.size
+            facts.bit_depth = _bit_depth(image)
+    except UnidentifiedImageError as error:
+        raise ValueError("no known image format") from error
+
+
+def _bit_depth(image: Image.Image) -> int | None:
+    bits = image.info.get("bits") or getattr(image, "bits", None)
+    if image.format == "TIFF":
+        sample_bits = image.tag_v2.get(258)  # BitsPerSample
+        if sample_bits:
+            return int(sample_bits[0] if isinstance(sample_bits, tuple) else sample_bits)
+    return int(bits) if isinstance(bits, int) and bits > 0 and image.mode != "P" else \
+        BITS_PER_MODE.get(image.mode)
+
+
+def _read_dicom_header(facts: FileFacts, data: bytes) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    facts.format = "DICOM"
+    facts.mode = str(ds.get("PhotometricInterpretation", "unknown"))
+    facts.width, facts.height = int(ds.Columns), int(ds.Rows)
+    facts.bit_depth = int(ds.get("BitsStored", ds.get("BitsAllocated", 0))) or None
+
+
+def _is_truncated(image_format: str | None, data: bytes) -> bool:
+    tail = data[-4096:].rstrip(b"\x00")
+    if image_format == "JPEG":
+        return JPEG_END not in tail
+    if image_format == "PNG":
+        return PNG_END not in tail[-16:]
+    return False

@@ -1,0 +1,251 @@
+"""Decoded-image cache: deterministic pre-processing runs once per image, into one
+memory-mapped ``uint8`` array that every later epoch, run and sweep job reads instead of
+the image files.
+
+* **What is cached:** :func:`medrepro.datamodules.image_dataset.preprocess_image` of every image of
+  the manifest (read, mode conversion to ``data.channels``, then ``data.preprocess``:
+  resize, brain crop, ENH, ...). Random augmentation is not cached; it runs per epoch on
+  the cached pixels.
+* **Quantisation:** pixels are stored as 8-bit, ``round(255 * x)`` of the pre-processed
+  float image in ``[0, 1]``, and read back as ``x' = byte / 255`` (``|x - x'| <= 1/510``).
+  A 16-bit TIFF therefore reaches the model with 256 grey levels instead of 65,536, as it
+  would from an 8-bit export; set ``data.cache=false`` to train on the full 16-bit range.
+* **Key:** a hash of the file list (absolute paths, sizes, modification times), the
+  channels, the pre-processing pipeline (``albumentations.to_dict``, parameters included),
+  the library versions that compute it and the source of :mod:`medrepro.datamodules.transforms.image_reader`. A changed, added or removed file, or any
+  changed pre-processing setting gives a new key, hence a new cache; old caches stay
+  until you delete the folder.
+* **Files:** ``<cache_dir>/<key>.npy`` (``[N, H, W, C]`` uint8) and ``<key>.json`` (the
+  paths in row order, written last: its presence marks a complete cache).
+* **Concurrency:** a builder writes to a temporary file in the same folder and renames it
+  into place (``os.replace``, atomic), so a reader never sees a half-written cache; on
+  POSIX an advisory lock makes concurrent jobs of a sweep wait for the first builder
+  instead of repeating its work.
+
+Build a cache ahead of time (with a progress bar), with the same overrides as training::
+
+    medrepro-cache data=folder data.root=/path/to/images
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from medrepro.core.errors import ConfigError, DataError
+from medrepro.datamodules.image_dataset import preprocess_image
+from medrepro.datamodules.transforms import image_reader
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+class ImageCache:
+    """Pre-processed images of ``paths`` as one read-only ``uint8`` memory map.
+
+    Use :meth:`open_or_build`. ``image(path)`` returns the cached image as ``float32
+    [H, W, C]`` in ``[0, 1]``. The memory map is opened lazily in each process, so a
+    cache travels to DataLoader workers as a file name, not as a copy of its pixels.
+    """
+
+    def __init__(self, array_path: Path, paths: Sequence[str]) -> None:
+        self.array_path = Path(array_path)
+        self.rows = {path: row for row, path in enumerate(paths)}
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.array_path, mmap_mode="r")
+        return self._array
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.rows
+
+    def image(self, path: str) -> np.ndarray:
+        return self.array[self.rows[path]].astype(np.float32) / np.float32(255)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
+
+    @classmethod
+    def open_or_build(
+        cls,
+        paths: Sequence[str],
+        channels: int,
+        preprocess: Callable | None,
+        cache_dir: str | Path,
+        num_workers: int = 0,
+        progress: bool | None = None,
+    ) -> ImageCache:
+        """The cache of ``paths`` pre-processed by ``preprocess``: opened when a complete
+        one with the same key exists in ``cache_dir``, else built there first."""
+        paths = sorted({str(p) for p in paths})  # the same images in any order: one cache
+        cache_dir = Path(cache_dir).expanduser()
+        key = cache_key(paths, channels, preprocess)
+        array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+        if not index_path.is_file():
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigError(
+                    f"Cannot create the image cache folder {cache_dir} ({error}); set "
+                    "data.cache_dir to a writable folder or data.cache=false."
+                ) from error
+            with _builder_lock(cache_dir / f"{key}.lock"):
+                if not index_path.is_file():  # another job may have built it while we waited
+                    _build(paths, channels, preprocess, array_path, index_path, num_workers,
+                           progress)
+        else:
+            log.info("Reading pre-processed images from the cache %s", array_path)
+        return cls(array_path, json.loads(index_path.read_text())["paths"])
+
+
+def cache_key(paths: Sequence[str], channels: int, preprocess: Callable | None) -> str:
+    """Hex digest naming the cache of ``paths`` (see the module docstring)."""
+    import cv2
+
+    files = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError as error:
+            raise DataError(f"Cannot read image {path} ({error}); the data folder changed "
+                            "since the split was made.") from error
+        files.append((os.path.abspath(path), stat.st_size, stat.st_mtime_ns))
+    recipe = {
+        "format": CACHE_FORMAT,
+        "channels": int(channels),
+        "preprocess": describe_preprocess(preprocess),
+        "versions": {"albumentations": A.__version__, "opencv": cv2.__version__,
+                     "numpy": np.__version__, "torch": torch.__version__.split("+")[0],
+                     "image_reader": _source_digest(image_reader)},
+        "files": files,
+    }
+    text = json.dumps(recipe, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _source_digest(module) -> str:
+    """Digest of a module's source: a change in how files are read gives new caches."""
+    return hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:16]
+
+
+def describe_preprocess(preprocess: Callable | None):
+    """A stable, JSON-able description of a pre-processing pipeline and its parameters."""
+    if preprocess is None:
+        return None
+    try:
+        description = A.to_dict(preprocess)
+        description.pop("__version__", None)
+        return description
+    except (AttributeError, TypeError, ValueError, NotImplementedError):
+        # not an albumentations transform: its repr must say its parameters
+        return repr(preprocess)
+
+
+class _PreprocessedBytes(Dataset):
+    """Pre-processed images as ``uint8`` arrays (quantised where they are computed, so
+    DataLoader workers pass a quarter of the bytes)."""
+
+    def __init__(self, paths: Sequence[str], channels: int, preprocess: Callable | None) -> None:
+        self.paths, self.channels, self.preprocess = list(paths), channels, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        image = preprocess_image(self.paths[index], self.channels, self.preprocess)
+        return quantise(image)
+
+
+def quantise(image: np.ndarray) -> np.ndarray:
+    """``float [H, W, C]`` in ``[0, 1]`` -> ``uint8``, rounding to the nearest level."""
+    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _build(paths, channels, preprocess, array_path: Path, index_path: Path, num_workers: int,
+           progress: bool | None) -> None:
+    log.info("Building the image cache %s (%d images, once)", array_path, len(paths))
+    loader = DataLoader(_PreprocessedBytes(paths, channels, preprocess), batch_size=None,
+                        num_workers=num_workers, collate_fn=_identity)
+    temporary = _temporary_path(array_path)
+    try:
+        array = None
+        bar = tqdm(loader, total=len(paths), desc="caching images", unit="img",
+                   disable=None if progress is None else not progress)
+        for row, image in enumerate(bar):
+            if array is None:
+                array = np.lib.format.open_memmap(
+                    temporary, mode="w+", dtype=np.uint8, shape=(len(paths), *image.shape))
+            if image.shape != array.shape[1:]:
+                raise ConfigError(
+                    f"{paths[row]} is {image.shape[1]}x{image.shape[0]} after pre-processing, "
+                    f"others {array.shape[2]}x{array.shape[1]}; the image cache needs one size: "
+                    "end data.preprocess with a Resize, or set data.cache=false."
+                )
+            array[row] = image
+        if array is None:
+            raise DataError("There are no images to cache.")
+        array.flush()
+        del array
+        os.replace(temporary, array_path)
+        _write_atomically(index_path, json.dumps({"format": CACHE_FORMAT, "paths": list(paths)}))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
+def _identity(item):
+    return item
+
+
+def _temporary_path(final: Path) -> str:
+    handle, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # as an ordinary file: a shared cache stays readable
+    return name
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = _temporary_path(path)
+    try:
+        Path(temporary).write_text(text)
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
+@contextlib.contextmanager
+def _builder_lock(path: Path):
+    """An exclusive advisory lock (POSIX ``flock``); where there is none, builders may
+    work in parallel, and the atomic rename still keeps the cache whole."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,209 @@
+"""From records and a split configuration to the manifest ``split.csv``.
+
+Modes:
+
+* ``given``: keep the data set's own ``train|val|test`` folders;
+* ``counts``: fixed per-class image counts per split, as the papers give them
+  (``{train: {normal: 226, cardiomegaly: 250}, val: {...}, test: {...}}``); images not
+  asked for are marked ``unused``;
+* ``ratios``: per-class fractions (``{train: 0.7, val: 0.15, test: 0.15}``);
+* ``paper``: the published study's own split, which a data set's config states in
+  ``split.paper`` as ``{counts: {...}}`` or ``{ratios: {...}}``; all images are pooled
+  and re-split to it (Kaggle pneumonia: studies 3 and 4's 790/2,140, 593/1,833, 200/300).
+
+``counts`` and ``ratios`` are stratified (targets are set per class) and seeded. With
+``group_by_patient`` all images of a patient go to the same split, so that no patient
+is seen in training and in evaluation; counts are then met as closely as whole patients
+allow. scikit-learn's splitters do k-fold or approximate proportions, not fixed per-class
+counts over groups, so the assignment is a small seeded greedy fill: patients are visited
+in random order, largest first, and each goes to the split whose per-class shortfall it
+fills best.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from medrepro.core.errors import ConfigError, DataError
+from medrepro.core.records import SPLITS, ImageRecord
+
+log = logging.getLogger(__name__)
+MODES = ("given", "counts", "ratios", "paper")
+UNUSED = "unused"
+MANIFEST_COLUMNS = ["path", "label", "patient_id", "split"]
+
+
+def make_split(
+    records: Sequence[ImageRecord],
+    class_names: Sequence[str],
+    mode: str = "ratios",
+    counts: Mapping[str, Mapping[str, int]] | None = None,
+    ratios: Mapping[str, float] | None = None,
+    group_by_patient: bool = False,
+    seed: int = 0,
+    paper: Mapping | None = None,
+) -> pd.DataFrame:
+    """Assign every record to ``train``, ``val``, ``test`` (or ``unused``)."""
+    if mode not in MODES:
+        raise ConfigError(f"data.split.mode must be one of {', '.join(MODES)}, not '{mode}'.")
+    published = mode == "paper"
+    if published:
+        mode, counts, ratios = _paper_split(paper)
+    frame = pd.DataFrame(
+        {
+            "path": [r.path for r in records],
+            "label": [r.label for r in records],
+            "patient_id": [r.patient_id for r in records],
+            "given_split": [r.given_split for r in records],
+        }
+    ).sort_values("path", ignore_index=True)
+    if mode == "given":
+        frame["split"] = _given_splits(frame)
+    else:
+        per_class = frame["label"].value_counts().to_dict()
+        try:
+            targets = (
+                _targets_from_counts(counts, class_names, per_class)
+                if mode == "counts"
+                else _targets_from_ratios(ratios, class_names, per_class)
+            )
+        except DataError as error:
+            if not published:
+                raise
+            raise DataError(
+                f"{str(error).split(';')[0]}: data.split.mode=paper needs the whole published "
+                "data set; point data.root at it or use data.split.mode=ratios."
+            ) from None
+        groups = _group_keys(frame, group_by_patient)
+        frame["split"] = _assign_groups(
+            frame["label"], groups, targets, class_names, seed, allow_unused=mode == "counts"
+        )
+        _log_shortfall(frame, targets, class_names)
+    return frame[MANIFEST_COLUMNS]
+
+
+def split_counts(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Images per split (rows) and class (columns)."""
+    used = manifest[manifest["split"] != UNUSED]
+    table = pd.crosstab(used["split"], used["label"])
+    return table.reindex([s for s in SPLITS if s in table.index])
+
+
+def _paper_split(paper: Mapping | None) -> tuple[str, Mapping | None, Mapping | None]:
+    """``(mode, counts, ratios)`` of the published split in ``data.split.paper``."""
+    paper = dict(paper or {})
+    if paper.get("counts"):
+        return "counts", paper["counts"], None
+    if paper.get("ratios"):
+        return "ratios", None, paper["ratios"]
+    raise ConfigError(
+        "data.split.mode=paper needs the study's split in data.split.paper ({counts: ...} or "
+        "{ratios: ...}); this data set's config has none, so use mode=counts or ratios."
+    )
+
+
+def _given_splits(frame: pd.DataFrame) -> pd.Series:
+    if frame["given_split"].isna().any():
+        raise ConfigError(
+            "data.split.mode=given needs train/, val/ and test/ folders in data.root; "
+            "this data set has none, so use data.split.mode=ratios or counts."
+        )
+    missing = [s for s in SPLITS if s not in set(frame["given_split"])]
+    if missing:
+        raise DataError(
+            f"data.split.mode=given but data.root has no {', '.join(missing)} folder; add it "
+            "or use data.split.mode=ratios to re-split all images."
+        )
+    return frame["given_split"]
+
+
+def _targets_from_counts(counts, class_names, per_class) -> dict[str, dict[str, int]]:
+    if not counts:
+        raise ConfigError("data.split.mode=counts needs data.split.counts (per split, per class).")
+    targets = {}
+    for split in SPLITS:
+        given = dict(counts.get(split) or {})
+        unknown = set(given) - set(class_names)
+        if unknown:
+            raise ConfigError(
+                f"data.split.counts.{split} names unknown class(es) {', '.join(sorted(unknown))}; "
+                f"the classes are {', '.join(class_names)}."
+            )
+        targets[split] = {c: int(given.get(c, 0)) for c in class_names}
+    for name in class_names:
+        wanted = sum(targets[s][name] for s in SPLITS)
+        available = per_class.get(name, 0)
+        if wanted > available:
+            raise DataError(
+                f"The split counts ask for {wanted} '{name}' images but data.root has only "
+                f"{available}; lower data.split.counts or add images."
+            )
+    return targets
+
+
+def _targets_from_ratios(ratios, class_names, per_class) -> dict[str, dict[str, int]]:
+    ratios = dict(ratios or {})
+    if set(ratios) - set(SPLITS) or any(float(v) < 0 for v in ratios.values()):
+        raise ConfigError("data.split.ratios takes non-negative train, val and test fractions.")
+    total = sum(float(v) for v in ratios.values())
+    if not np.isclose(total, 1.0, atol=1e-6):
+        raise ConfigError(f"data.split.ratios must add up to 1, not {total:g}.")
+    targets: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
+    for name in class_names:
+        n = per_class.get(name, 0)
+        val = round(float(ratios.get("val", 0)) * n)
+        test = round(float(ratios.get("test", 0)) * n)
+        targets["val"][name], targets["test"][name] = val, test
+        targets["train"][name] = n - val - test
+    return targets
+
+
+def _group_keys(frame: pd.DataFrame, group_by_patient: bool) -> pd.Series:
+    if not group_by_patient:
+        return frame["path"]
+    return frame["patient_id"].where(frame["patient_id"].notna(), frame["path"])
+
+
+def _assign_groups(labels, groups, targets, class_names, seed, allow_unused) -> list[str]:
+    class_index = {c: i for i, c in enumerate(class_names)}
+    group_ids = sorted(set(groups))
+    member_rows: dict[str, list[int]] = {g: [] for g in group_ids}
+    for row, group in enumerate(groups):
+        member_rows[group].append(row)
+    sizes = np.zeros((len(group_ids), len(class_names)), dtype=np.int64)
+    for g, group in enumerate(group_ids):
+        for row in member_rows[group]:
+            sizes[g, class_index[labels.iloc[row]]] += 1
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(group_ids))
+    order = order[np.argsort(-sizes[order].sum(axis=1), kind="stable")]  # largest first
+    target = np.array([[targets[s][c] for c in class_names] for s in SPLITS], dtype=np.int64)
+    shortfall = target.copy()
+    result = [UNUSED] * len(labels)
+    for g in order:
+        need = sizes[g]
+        fill = np.minimum(need, np.maximum(shortfall, 0)).sum(axis=1)
+        if fill.max() == 0 and allow_unused:
+            continue  # every split that wants these classes is full: leave unused
+        relative = (shortfall * (need > 0)).sum(axis=1) / np.maximum((target * (need > 0)).sum(axis=1), 1)
+        best = max(range(len(SPLITS)), key=lambda s: (fill[s], relative[s]))
+        shortfall[best] -= need
+        for row in member_rows[group_ids[g]]:
+            result[row] = SPLITS[best]
+    return result
+
+
+def _log_shortfall(frame: pd.DataFrame, targets, class_names) -> None:
+    table = split_counts(frame)
+    for split in SPLITS:
+        for name in class_names:
+            got = int(table.loc[split, name]) if split in table.index and name in table else 0
+            if got != targets[split][name]:
+                log.warning(
+                    "split %s, class %s: %d images instead of %d (whole patients kept together)",
+                    split, name, got, targets[split][name],
+                )

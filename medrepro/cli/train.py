@@ -1,0 +1,13 @@
+"""``medrepro-train [overrides]`` (``python train.py`` in the repository): train, validate
+and test one model, or sweep with ``-m`` (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from medrepro.core.config_tree import CONFIG_DIR
+from medrepro.jobs.training import run_job
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run_job(cfg)

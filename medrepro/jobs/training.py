@@ -1,0 +1,193 @@
+"""The training job: compose -> data -> model -> fit -> validate and test the best
+checkpoint. ``train.py`` is a thin Hydra entry point around :func:`train`."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from medrepro.core.errors import ConfigError, TrainingDiverged, UserError, user_error_behind
+from medrepro.core.precision import resolve_precision
+from medrepro.core.run_folder import mark_failed
+from medrepro.datamodules.audit.preflight import check_before_training
+from medrepro.jobs.resume import completed_results
+
+log = logging.getLogger(__name__)
+TRAINER_KEYS_NOT_FOR_LIGHTNING = ("batch_size", "compile")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one job; return its test metrics (``test/acc``, ``test/auroc``, ...).
+
+    A job whose run folder already holds the completed results of the same resolved
+    configuration (a sweep re-run into the same ``hydra.sweep.dir``) is not run again.
+    """
+    _check_no_missing_values(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    previous = completed_results(output_dir, cfg)
+    if previous is not None:
+        log.info("Skipped: %s already holds the completed results of this configuration.", output_dir)
+        return {f"test/{key}": value for key, value in previous["test"].items()}
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    augment = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None
+    datamodule = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    model = build_model(cfg, datamodule.class_names, datamodule.model_channels)
+    if cfg.trainer.get("compile", False):
+        model.backbone.compile()  # in place: checkpoints keep the plain parameter names
+    callbacks = build_callbacks(cfg)
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = build_trainer(cfg, callbacks, logger, output_dir)
+
+    check_before_training(datamodule)  # the quick data audit: stops on leakage or bad files
+    trainer.fit(model, datamodule=datamodule)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    _check_diverged(trainer)
+    checkpoint = _checkpoint_to_test(trainer, cfg.get("test_checkpoint", "best"))
+    trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]
+    log.info("Run folder: %s", output_dir.resolve())
+    return results
+
+
+def build_model(cfg: DictConfig, class_names: list[str], channels: int) -> pl.LightningModule:
+    loss = hydra.utils.instantiate(cfg.loss)(num_classes=len(class_names))
+    optimizer = hydra.utils.instantiate(cfg.optimizer)
+    scheduler_cfg = cfg.get("scheduler")
+    scheduler = hydra.utils.instantiate(scheduler_cfg) if scheduler_cfg else None
+    return hydra.utils.instantiate(
+        cfg.model,
+        class_names=list(class_names),
+        in_chans=channels,
+        loss=loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        _recursive_=False,
+        _convert_="all",
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """Instantiate ``cfg.callbacks`` in order; callbacks that take ``run_config`` get the
+    resolved configuration (for results.json)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = []
+    for settings in (cfg.get("callbacks") or {}).values():
+        if not settings or "_target_" not in settings:
+            continue
+        target = hydra.utils.get_class(settings._target_)
+        if "run_config" in inspect.signature(target).parameters:
+            # through a partial, so that the config's own _target_ keys stay data
+            callbacks.append(hydra.utils.instantiate(settings, _partial_=True)(run_config=resolved))
+        else:
+            callbacks.append(hydra.utils.instantiate(settings))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, callbacks, logger, output_dir: Path) -> pl.Trainer:
+    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in TRAINER_KEYS_NOT_FOR_LIGHTNING:
+        settings.pop(key, None)
+    settings["precision"] = resolve_precision(settings.get("precision"), settings.get("accelerator"))
+    if settings.get("benchmark") == "auto":  # cudnn.benchmark unless results must be reproducible
+        settings["benchmark"] = not settings.get("deterministic")
+    try:
+        return pl.Trainer(
+            **settings, callbacks=callbacks, logger=logger, default_root_dir=str(output_dir)
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"Invalid trainer setting: {error}. Check the trainer.* overrides.") from error
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """Run :func:`train`, turning a user's mistake into one sentence on stderr.
+
+    In a single run the process then exits with status 1 (other exceptions propagate
+    with their traceback). In a multirun any failing job is recorded as ``failed`` (or
+    ``diverged``) in its own results.json, its traceback goes to the job's log, and the
+    sweep goes on with the next job.
+    """
+    try:
+        metrics = train(cfg)
+    except Exception as raised:
+        error = user_error_behind(raised)
+        if error is None:
+            if not _is_multirun():
+                raise
+            log.exception("The job failed; the sweep goes on.")
+            _report_failure(cfg, "failed", _first_line(raised))
+            return None
+        status = "diverged" if isinstance(error, TrainingDiverged) else "failed"
+        _report_failure(cfg, status, _sentence(error))
+        if _is_multirun():
+            return None
+        raise SystemExit(1) from None
+    optimised = cfg.get("optimized_metric")
+    return metrics.get(optimised) if optimised else None
+
+
+def _sentence(error: UserError) -> str:
+    """The user's sentence, also when a DataLoader worker re-raised the error with the
+    worker's traceback folded into the message."""
+    message = str(error).strip()
+    if "Original Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` of the innermost cause (Hydra and Lightning wrap
+    the error that actually happened)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _report_failure(cfg: DictConfig, status: str, message: str) -> None:
+    print(f"\nError: {message}", file=sys.stderr)
+    output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
+    if output_dir and Path(output_dir).is_dir():
+        mark_failed(output_dir, status, message)
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _check_no_missing_values(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        hint = " For example: python train.py data=folder data.root=/path/to/images" if "data.root" in missing else ""
+        raise ConfigError(f"Set {', '.join(missing)} on the command line (required, no default).{hint}")
+
+
+def _check_diverged(trainer: pl.Trainer) -> None:
+    loss = trainer.callback_metrics.get("train/loss")
+    if loss is not None and not math.isfinite(float(loss)):
+        raise TrainingDiverged(
+            f"Training diverged: the training loss became {float(loss)}; lower optimizer.lr."
+        )
+
+
+def _checkpoint_to_test(trainer: pl.Trainer, which: str) -> str | None:
+    callback = trainer.checkpoint_callback
+    if callback is None or not getattr(callback, "best_model_path", ""):
+        return None  # no checkpointing: test the weights in memory
+    if which == "last" and getattr(callback, "last_model_path", ""):
+        return callback.last_model_path
+    return callback.best_model_path
