@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 
-import albumentations as A
 import pandas as pd
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.core.records import SPLITS
 from medrepro.datamodules.cache.image_cache import ImageCache
+from medrepro.datamodules.data_settings import (
+    CacheSettings,
+    CheckSettings,
+    LoaderSettings,
+    PreprocessSettings,
+    settings_from,
+)
 from medrepro.datamodules.image_dataset import ImageDataset, reseed_augmentation_in_worker
 from medrepro.datamodules.splitting.split import make_split, split_counts
-from medrepro.datamodules.transforms.enhancement import ENHANCEMENTS, LocalPhaseEnhancement
 
 log = logging.getLogger(__name__)
 
 
 class ClassificationDataModule(pl.LightningDataModule):
     """Binary or multi-class image classification from a data source on disk.
+
+    The arguments mirror ``conf/data/``: the keys that describe the data set and the task,
+    then one group per concern (see :mod:`medrepro.datamodules.data_settings`).
 
     Args:
         root: the data set's folder (``data.root``).
@@ -34,23 +40,21 @@ class ClassificationDataModule(pl.LightningDataModule):
             class name). The other class is label 0.
         channels: 1 (grayscale) or 3 (RGB) input channels.
         image_size: side of the square images the model sees.
-        split: ``mode``, ``counts``, ``ratios``, ``group_by_patient``, ``seed`` (see
-            :mod:`medrepro.datamodules.splitting.split`).
-        preprocess: deterministic albumentations transforms (resize, crops, ...).
-        augment: random albumentations pipeline for training images only.
-        batch_size, num_workers, pin_memory, persistent_workers: DataLoader settings;
-            ``"auto"`` picks workers from the CPU count and pinning when CUDA is present.
+        name: the data set's name, recorded in results.json.
         variant: which version of the data set's images (covid3: ``cxr`` or ``enh``),
             recorded in results.json.
-        allow_leakage, skip_unreadable: let training go on despite cross-split leakage or
-            unreadable files (see :mod:`medrepro.datamodules.audit.preflight`).
-        enhance: ``none`` or ``enh``: append the local-phase enhancement (study 5's ENH
-            input, :mod:`medrepro.datamodules.transforms.enhancement`) to the pre-processing; images are read
-            as grayscale and the model gets the three ENH channels.
-        enh: the enhancement's parameters (``medrepro.datamodules.transforms.local_phase.EnhParams`` fields).
-        cache: pre-process every image of the manifest once into a memory-mapped uint8
-            array in ``cache_dir`` (see :mod:`medrepro.datamodules.cache.image_cache`), built when the first
-            data loader is asked for; ``False`` reads and pre-processes the files each time.
+        split: ``mode``, ``counts``, ``ratios``, ``group_by_patient``, ``seed`` (see
+            :mod:`medrepro.datamodules.splitting.split`).
+        preprocess: ``steps`` (deterministic albumentations transforms), ``enhance``
+            (``none`` or ``enh``) and ``enh`` (:class:`PreprocessSettings`).
+        checks: ``allow_leakage``, ``skip_unreadable``: let training go on despite
+            cross-split leakage or unreadable files (:class:`CheckSettings`).
+        cache: ``enabled``, ``dir``: the decoded-image cache, built when the first data
+            loader is asked for (:class:`CacheSettings`).
+        loader: ``batch_size``, ``num_workers``, ``pin_memory``, ``persistent_workers``
+            (:class:`LoaderSettings`).
+        augment: random albumentations pipeline for training images only (the ``augment``
+            config group, passed by the jobs).
     """
 
     def __init__(
@@ -61,33 +65,24 @@ class ClassificationDataModule(pl.LightningDataModule):
         positive_class: str | None = None,
         channels: int = 1,
         image_size: int = 224,
-        split: Mapping | None = None,
-        preprocess: Sequence[Callable] | None = None,
-        augment: Callable | None = None,
-        batch_size: int = 32,
-        num_workers: int | str = "auto",
-        pin_memory: bool | str = "auto",
-        persistent_workers: bool = True,
         name: str | None = None,
-        cache: bool = False,
-        cache_dir: str | None = None,
         variant: str | None = None,
-        allow_leakage: bool = False,
-        skip_unreadable: bool = False,
-        enhance: str = "none",
-        enh: Mapping | None = None,
+        split: Mapping | None = None,
+        preprocess: PreprocessSettings | Mapping | None = None,
+        checks: CheckSettings | Mapping | None = None,
+        cache: CacheSettings | Mapping | None = None,
+        loader: LoaderSettings | Mapping | None = None,
+        augment: Callable | None = None,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 or 3, not {channels}.")
-        if int(batch_size) < 1:
-            raise ConfigError(f"trainer.batch_size must be a positive integer, not {batch_size}.")
+        self.loader = settings_from(LoaderSettings, loader, "data.loader").resolved()
         self.name = name
         self.variant = variant
         self.root = root
         # checked by medrepro.datamodules.audit.preflight before training; its findings go to results.json
-        self.allow_leakage = bool(allow_leakage)
-        self.skip_unreadable = bool(skip_unreadable)
+        self.checks = settings_from(CheckSettings, checks, "data.checks")
         self.data_checks: dict = {}
         self.source = source(root=root)
         self.requested_class_names = list(class_names) if class_names else None
@@ -95,36 +90,24 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.channels = channels
         self.image_size = image_size
         self.split_settings = dict(split or {})
-        if enhance not in ENHANCEMENTS:
-            raise ConfigError(f"data.enhance must be one of {', '.join(ENHANCEMENTS)}, not '{enhance}'.")
-        if enhance == "enh" and channels != 1:
-            raise ConfigError(
-                "data.enhance=enh computes its three channels from the grayscale X-ray; "
-                "set data.channels=1 (the model then gets 3 channels)."
-            )
-        self.enhance = enhance
-        steps = list(preprocess or [])
-        if enhance == "enh":
-            steps.append(LocalPhaseEnhancement(**dict(enh or {})))
-        self.preprocess = A.Compose(steps) if steps else None
+        self.preprocess = settings_from(PreprocessSettings, preprocess, "data.preprocess")
+        self.pipeline = self.preprocess.pipeline(channels)
         self.augment = augment
-        self.batch_size = int(batch_size)
-        self.num_workers = _auto_workers() if num_workers == "auto" else int(num_workers)
-        self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
-        if cache and not cache_dir:
-            raise ConfigError("data.cache=true needs data.cache_dir (a folder for the cache).")
-        self.use_cache = bool(cache)
-        self.cache_dir = cache_dir
+        self.cache = settings_from(CacheSettings, cache, "data.cache")
         self.image_cache: ImageCache | None = None
         self.class_names: list[str] = []
         self.manifest: pd.DataFrame | None = None
         self.datasets: dict[str, ImageDataset] = {}
 
     @property
+    def batch_size(self) -> int:
+        """Images per batch (``data.loader.batch_size``, i.e. ``trainer.batch_size``)."""
+        return self.loader.batch_size
+
+    @property
     def model_channels(self) -> int:
         """Channels of the images the model sees (3 with the ENH enhancement)."""
-        return 3 if self.enhance == "enh" else self.channels
+        return self.preprocess.model_channels(self.channels)
 
     @property
     def num_classes(self) -> int:
@@ -146,7 +129,7 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def exclude(self, paths: Sequence[str]) -> None:
         """Leave ``paths`` out of the manifest and the datasets (unreadable files that
-        ``data.skip_unreadable=true`` lets training go on without)."""
+        ``data.checks.skip_unreadable=true`` lets training go on without)."""
         self.manifest = self.manifest[~self.manifest["path"].isin(set(paths))]
         self.manifest = self.manifest.reset_index(drop=True)
         self._build_datasets()
@@ -164,7 +147,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                 rows["path"].tolist(),
                 rows["label"].map(index).tolist(),
                 self.channels,
-                preprocess=self.preprocess,
+                preprocess=self.pipeline,
                 augment=self.augment if split == "train" else None,
                 cache=self.image_cache,
             )
@@ -202,28 +185,50 @@ class ClassificationDataModule(pl.LightningDataModule):
         datasets read from it. Call after :meth:`setup`."""
         if self.image_cache is None:
             self.image_cache = ImageCache.open_or_build(
-                self.manifest["path"].tolist(), self.channels, self.preprocess, self.cache_dir,
-                num_workers=self.num_workers, progress=progress,
+                self.manifest["path"].tolist(), self.channels, self.pipeline, self.cache.dir,
+                num_workers=self.loader.num_workers, progress=progress,
             )
             for dataset in self.datasets.values():
                 dataset.cache = self.image_cache
         return self.image_cache
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if self.use_cache:
+        if self.cache.enabled:
             self.build_cache()
         return DataLoader(
             self.datasets[split],
-            batch_size=self.batch_size,
+            batch_size=self.loader.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            worker_init_fn=reseed_augmentation_in_worker if self.num_workers else None,
+            num_workers=self.loader.num_workers,
+            pin_memory=self.loader.pin_memory,
+            persistent_workers=self.loader.persistent_workers,
+            worker_init_fn=reseed_augmentation_in_worker if self.loader.num_workers else None,
         )
 
+    def data_facts(self) -> dict:
+        """What results.json records about the data (``data``): the data set, classes,
+        channels, split and its counts, and the findings of the checks before training;
+        empty before :meth:`setup`."""
+        if self.manifest is None:
+            return {}
+        grouped = bool(self.split_settings.get("group_by_patient", False))
+        mode = self.split_settings.get("mode", "ratios")
+        classes = list(self.class_names)
+        return {
+            "name": self.name,
+            "root": str(self.root),
+            "classes": classes,
+            "positive_class": classes[1] if len(classes) == 2 else None,
+            "channels": self.channels,
+            "enhance": self.preprocess.enhance,
+            "model_channels": self.model_channels,
+            "image_size": self.image_size,
+            "split_mode": mode,
+            "group_by_patient": grouped,
+            "patient_leakage_possible": None if mode == "given" else not grouped,
+            "split_counts": split_counts(self.manifest).to_dict(orient="index"),
+            "variant": self.variant,
+            # the pre-training data checks (datamodules/audit/preflight.py) measure leakage instead
+            **self.data_checks,
+        }
 
-def _auto_workers() -> int:
-    """Leave two cores to the training process; none on small machines."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(8, (cores or 1) - 2))

@@ -1,4 +1,4 @@
-"""`data.enhance=enh`: the local-phase ENH images as a pre-processing step of the pipeline."""
+"""`data.preprocess.enhance=enh`: the local-phase ENH images as a pre-processing step of the pipeline."""
 
 import json
 
@@ -16,7 +16,7 @@ from medrepro.jobs.training import run_job, train
 
 def test_enh_run_feeds_three_local_phase_channels_to_the_model(tmp_path, demo_dir):
     run_dir = tmp_path / "run"
-    cfg = compose_config(["data=demo_pneumonia", "data.enhance=enh", "data.enh.nscale=3", *TINY_RUN],
+    cfg = compose_config(["data=demo_pneumonia", "data.preprocess.enhance=enh", "data.preprocess.enh.nscale=3", *TINY_RUN],
                          run_dir, demo_dir=demo_dir)
     train(cfg)
     results = json.loads((run_dir / "results.json").read_text())
@@ -27,7 +27,7 @@ def test_enh_run_feeds_three_local_phase_channels_to_the_model(tmp_path, demo_di
 
 
 def test_enh_images_are_the_enhancement_of_the_resized_xray(tmp_path, demo_dir):
-    cfg = compose_config(["data=demo_pneumonia", "data.enhance=enh", "data.cache=false", *TINY_RUN],
+    cfg = compose_config(["data=demo_pneumonia", "data.preprocess.enhance=enh", "data.cache.enabled=false", *TINY_RUN],
                          tmp_path / "run", demo_dir=demo_dir)
     datamodule = hydra.utils.instantiate(cfg.data, augment=None, _convert_="all")
     datamodule.prepare_data()
@@ -44,8 +44,8 @@ def test_enh_images_are_the_enhancement_of_the_resized_xray(tmp_path, demo_dir):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["data.enhance=enh", "data.channels=3"], "data.enhance=enh computes its three channels"),
-        (["data.enhance=sharpen"], "data.enhance must be one of none, enh"),
+        (["data.preprocess.enhance=enh", "data.channels=3"], "data.preprocess.enhance=enh computes its three channels"),
+        (["data.preprocess.enhance=sharpen"], "data.preprocess.enhance must be one of none, enh"),
     ],
 )
 def test_enhancement_mistakes_stop_with_one_sentence(tmp_path, class_folders, capsys, overrides, message):

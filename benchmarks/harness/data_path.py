@@ -4,7 +4,7 @@ Three pipelines over the same image files:
 
 * ``naive``: torchvision ``ImageFolder`` with PIL transforms (grayscale, resize, to
   tensor), decoding and resizing every image every time;
-* ``medrepro``: medrepro's data module with ``data.cache=false`` (read, convert, resize);
+* ``medrepro``: medrepro's data module with ``data.cache.enabled=false`` (read, convert, resize);
 * ``medrepro_cached``: medrepro's data module from its decoded-image cache (the build,
   which decodes each image once, is timed separately);
 * ``medrepro_cached_augment``: the cache plus the default random augmentation
@@ -48,8 +48,8 @@ def medrepro_datamodule(root: str, size: int, cache_dir: str | None, augment: st
 
     cfg = compose_benchmark_config([
         "data=folder", f"data.root={root}", f"data.image_size={size}", f"data.channels={channels}",
-        f"data.num_workers={num_workers}", f"data.cache={cache_dir is not None}",
-        f"data.cache_dir={cache_dir or 'unused'}", f"trainer.batch_size={batch_size}",
+        f"data.loader.num_workers={num_workers}", f"data.cache.enabled={cache_dir is not None}",
+        f"data.cache.dir={cache_dir or 'unused'}", f"trainer.batch_size={batch_size}",
         f"augment={augment}",
     ])
     augmentation = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None

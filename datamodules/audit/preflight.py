@@ -4,10 +4,10 @@ It reads every train/val/test file once (no decoding; unchanged files are rememb
 cache folder, so the jobs of a sweep read them once) and stops the run with one
 sentence when
 
-* a file is zero bytes, not an image or truncated, unless ``data.skip_unreadable=true``
+* a file is zero bytes, not an image or truncated, unless ``data.checks.skip_unreadable=true``
   (those files are then left out, marked ``skipped`` in split.csv);
 * the same bytes are in two of train/val/test, or a patient has images in two of them
-  although ``data.split.group_by_patient=true``, unless ``data.allow_leakage=true``.
+  although ``data.split.group_by_patient=true``, unless ``data.checks.allow_leakage=true``.
 
 With ``group_by_patient=false`` (the papers' image-level split) patients in several
 splits are the user's explicit choice: they are counted, not stopped. What was skipped
@@ -37,14 +37,14 @@ def check_before_training(datamodule) -> dict:
     results.json and store them as ``datamodule.data_checks``."""
     manifest = datamodule.manifest
     used = manifest[manifest["split"].isin(SPLITS)]
-    table = inspect_manifest(used, quick=True, store_dir=getattr(datamodule, "cache_dir", None))
+    table = inspect_manifest(used, quick=True, store_dir=datamodule.cache.dir)
     checks: dict = {}
 
     problems = file_problems(table)
     if problems:
-        if not getattr(datamodule, "skip_unreadable", False):
+        if not datamodule.checks.skip_unreadable:
             raise DataError(_unreadable_sentence(problems))
-        log.warning("leaving out %d unreadable file(s) (data.skip_unreadable=true)", len(problems))
+        log.warning("leaving out %d unreadable file(s) (data.checks.skip_unreadable=true)", len(problems))
         datamodule.exclude([p["path"] for p in problems])
         checks["skipped_unreadable"] = problems
         table = table[table["problem"].isna()]
@@ -58,9 +58,9 @@ def check_before_training(datamodule) -> dict:
     if patients and grouped:
         leaks["patients_in_several_splits"] = patients
     if leaks:
-        if not getattr(datamodule, "allow_leakage", False):
+        if not datamodule.checks.allow_leakage:
             raise DataError(_leakage_sentence(duplicates, patients if grouped else []))
-        log.warning("training despite cross-split leakage (data.allow_leakage=true)")
+        log.warning("training despite cross-split leakage (data.checks.allow_leakage=true)")
         checks["allowed_leakage"] = leaks
     if patients and not grouped:
         log.warning("%d patients have images in more than one split (image-level split)",
@@ -83,7 +83,7 @@ def _unreadable_sentence(problems: list[dict]) -> str:
     it = "it" if len(problems) == 1 else "them"
     return (
         f"{what}; replace or delete {it} ({AUDIT_HINT} lists every such file), or set "
-        f"data.skip_unreadable=true to train without {it}."
+        f"data.checks.skip_unreadable=true to train without {it}."
     )
 
 
@@ -104,5 +104,5 @@ def _leakage_sentence(duplicates: list[dict], patients: list[dict]) -> str:
         )
     return (
         f"Cross-split leakage: {' and '.join(parts)}; remove the duplicates or change the "
-        f"split ({AUDIT_HINT} lists them all), or set data.allow_leakage=true to train anyway."
+        f"split ({AUDIT_HINT} lists them all), or set data.checks.allow_leakage=true to train anyway."
     )

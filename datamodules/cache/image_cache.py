@@ -3,13 +3,13 @@ memory-mapped ``uint8`` array that every later epoch, run and sweep job reads in
 the image files.
 
 * **What is cached:** :func:`medrepro.datamodules.image_dataset.preprocess_image` of every image of
-  the manifest (read, mode conversion to ``data.channels``, then ``data.preprocess``:
+  the manifest (read, mode conversion to ``data.channels``, then ``data.preprocess.steps``:
   resize, brain crop, ENH, ...). Random augmentation is not cached; it runs per epoch on
   the cached pixels.
 * **Quantisation:** pixels are stored as 8-bit, ``round(255 * x)`` of the pre-processed
   float image in ``[0, 1]``, and read back as ``x' = byte / 255`` (``|x - x'| <= 1/510``).
   A 16-bit TIFF therefore reaches the model with 256 grey levels instead of 65,536, as it
-  would from an 8-bit export; set ``data.cache=false`` to train on the full 16-bit range.
+  would from an 8-bit export; set ``data.cache.enabled=false`` to train on the full 16-bit range.
 * **Key:** a hash of the file list (absolute paths, sizes, modification times), the
   channels, the pre-processing pipeline (``albumentations.to_dict``, parameters included),
   the library versions that compute it and the source of :mod:`medrepro.datamodules.transforms.image_reader`. A changed, added or removed file, or any
@@ -105,7 +105,7 @@ class ImageCache:
             except OSError as error:
                 raise ConfigError(
                     f"Cannot create the image cache folder {cache_dir} ({error}); set "
-                    "data.cache_dir to a writable folder or data.cache=false."
+                    "data.cache.dir to a writable folder or data.cache.enabled=false."
                 ) from error
             with _builder_lock(cache_dir / f"{key}.lock"):
                 if not index_path.is_file():  # another job may have built it while we waited
@@ -197,7 +197,7 @@ def _build(paths, channels, preprocess, array_path: Path, index_path: Path, num_
                 raise ConfigError(
                     f"{paths[row]} is {image.shape[1]}x{image.shape[0]} after pre-processing, "
                     f"others {array.shape[2]}x{array.shape[1]}; the image cache needs one size: "
-                    "end data.preprocess with a Resize, or set data.cache=false."
+                    "end data.preprocess.steps with a Resize, or set data.cache.enabled=false."
                 )
             array[row] = image
         if array is None:

@@ -50,7 +50,7 @@ def brain_box(
 
 class CropToBrain(A.ImageOnlyTransform):
     """Albumentations transform: crop to :func:`brain_box`; images without a head above
-    the threshold are returned unchanged. Deterministic (``p=1``), for ``data.preprocess``."""
+    the threshold are returned unchanged. Deterministic (``p=1``), for ``data.preprocess.steps``."""
 
     def __init__(
         self,

@@ -1,8 +1,9 @@
-"""``data.enhance=enh``: local-phase enhancement (ENH) as a deterministic pre-processing step.
+"""``data.preprocess.enhance=enh``: local-phase enhancement (ENH) as a deterministic
+pre-processing step.
 
-Wraps :func:`medrepro.datamodules.transforms.local_phase.enhance_local_phase` as an albumentations transform,
-so it runs after the resize in the ``data.preprocess`` pipeline (and is cached with the
-rest of pre-processing): a grayscale ``[H, W, 1]`` image in [0, 1] becomes the
+Wraps :func:`medrepro.datamodules.transforms.local_phase.enhance_local_phase` as an
+albumentations transform, so it runs after ``data.preprocess.steps`` (the resize) and is
+cached with the rest of pre-processing: a grayscale ``[H, W, 1]`` image in [0, 1] becomes the
 three-channel ``[H, W, 3]`` ENH image (LwPA, LPE, ELEA), each channel in [0, 1].
 """
 

@@ -14,16 +14,18 @@ from omegaconf import open_dict
 
 from medrepro.core.config_tree import CONFIG_DIR
 from medrepro.core.errors import user_error_behind
+from medrepro.core.quiet import quiet_library_output
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``medrepro-cache [overrides]``: build the image cache of a data config."""
+    quiet_library_output()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(sys.argv[1:] if argv is None else argv)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
-        cfg.data.cache = True
+        cfg.data.cache.enabled = True
     try:
         datamodule = hydra.utils.instantiate(cfg.data, augment=None, _convert_="all")
         datamodule.prepare_data()

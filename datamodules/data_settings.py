@@ -1,0 +1,162 @@
+"""The data module's setting groups, one small typed object per group of ``conf/data/``.
+
+``data.preprocess``, ``data.checks``, ``data.cache`` and ``data.loader`` arrive from Hydra
+as mappings; :func:`settings_from` turns each into its dataclass, whose checks stop a
+wrong value with one sentence (a :class:`~medrepro.core.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import TypeVar
+
+import albumentations as A
+import torch
+
+from medrepro.core.errors import ConfigError
+from medrepro.datamodules.transforms.enhancement import ENHANCEMENTS, LocalPhaseEnhancement
+from medrepro.datamodules.transforms.local_phase import EnhParams
+
+Settings = TypeVar("Settings")
+
+
+def settings_from(kind: type[Settings], value: Settings | Mapping | None, group: str) -> Settings:
+    """``value`` (a mapping from the config, an instance, or ``None`` for the defaults) as
+    a ``kind``; a key ``kind`` does not have is a :class:`ConfigError` naming ``group``."""
+    if value is None:
+        return kind()
+    if isinstance(value, kind):
+        return value
+    names = [f.name for f in fields(kind)]
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{group} has no setting {', '.join(unknown)}; its settings are {', '.join(names)}."
+        )
+    return kind(**value)
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """``data.preprocess``: the deterministic pre-processing of every split.
+
+    steps: albumentations transforms (resize, brain crop, ...), applied in order.
+    enhance: ``none`` or ``enh``: append the local-phase enhancement (study 5's ENH input,
+        :mod:`medrepro.datamodules.transforms.enhancement`); images are then read as
+        grayscale and the model gets the three ENH channels.
+    enh: overrides of the enhancement's parameters (fields of
+        :class:`~medrepro.datamodules.transforms.local_phase.EnhParams`, which holds the
+        defaults); ``None`` keeps the default.
+    """
+
+    steps: Sequence[Callable] = ()
+    enhance: str = "none"
+    enh: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.enhance not in ENHANCEMENTS:
+            raise ConfigError(
+                f"data.preprocess.enhance must be one of {', '.join(ENHANCEMENTS)}, "
+                f"not '{self.enhance}'."
+            )
+        known = [f.name for f in fields(EnhParams)]
+        unknown = sorted(set(self.enh) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"data.preprocess.enh has no parameter {', '.join(unknown)}; "
+                f"its parameters are {', '.join(known)}."
+            )
+
+    def pipeline(self, channels: int) -> A.Compose | None:
+        """The steps (plus the enhancement) as one transform for images with ``channels``
+        channels; ``None`` when there is nothing to do."""
+        if self.enhance == "enh" and channels != 1:
+            raise ConfigError(
+                "data.preprocess.enhance=enh computes its three channels from the grayscale "
+                "X-ray; set data.channels=1 (the model then gets 3 channels)."
+            )
+        steps = list(self.steps)
+        if self.enhance == "enh":
+            overrides = {k: v for k, v in self.enh.items() if v is not None}
+            steps.append(LocalPhaseEnhancement(**overrides))
+        return A.Compose(steps) if steps else None
+
+    def model_channels(self, channels: int) -> int:
+        """Channels of the images the model sees (3 with the ENH enhancement)."""
+        return 3 if self.enhance == "enh" else channels
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """``data.checks``: let training go on despite what the checks before fitting find
+    (:mod:`medrepro.datamodules.audit.preflight`); results.json lists what was allowed."""
+
+    allow_leakage: bool = False
+    skip_unreadable: bool = False
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """``data.cache``: pre-process every image once into a memory-mapped uint8 array in
+    ``dir`` (:mod:`medrepro.datamodules.cache.image_cache`); ``enabled=False`` reads and
+    pre-processes the files each time. ``dir`` also keeps the checks' file facts."""
+
+    enabled: bool = False
+    dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.dir:
+            raise ConfigError(
+                "data.cache.enabled=true needs data.cache.dir (a folder for the cache)."
+            )
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """``data.loader``: the DataLoader settings. ``auto`` picks the worker processes from
+    the CPU count and pinned memory when CUDA is present (:meth:`resolved`)."""
+
+    batch_size: int = 32
+    num_workers: int | str = "auto"
+    pin_memory: bool | str = "auto"
+    persistent_workers: bool = True
+
+    def __post_init__(self) -> None:
+        if not _is_count(self.batch_size) or int(self.batch_size) < 1:
+            raise ConfigError(
+                f"trainer.batch_size must be a positive integer, not {self.batch_size}."
+            )
+        if self.num_workers != "auto" and not _is_count(self.num_workers):
+            raise ConfigError(
+                "data.loader.num_workers must be auto or a number of worker processes "
+                f"(0 or more), not {self.num_workers}."
+            )
+        if self.pin_memory != "auto" and not isinstance(self.pin_memory, bool):
+            raise ConfigError(
+                f"data.loader.pin_memory must be auto, true or false, not {self.pin_memory}."
+            )
+
+    def resolved(self) -> LoaderSettings:
+        """These settings with ``auto`` replaced by this machine's values (and persistent
+        workers only when there are workers)."""
+        workers = _auto_workers() if self.num_workers == "auto" else int(self.num_workers)
+        return replace(
+            self,
+            batch_size=int(self.batch_size),
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available() if self.pin_memory == "auto" else self.pin_memory,
+            persistent_workers=bool(self.persistent_workers) and workers > 0,
+        )
+
+
+def _is_count(value) -> bool:
+    """A whole number of 0 or more (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _auto_workers() -> int:
+    """Leave two cores to the training process; none on small machines."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(8, (cores or 1) - 2))
