@@ -8,27 +8,27 @@ from pathlib import Path
 import pandas as pd
 import pytorch_lightning as pl
 
+from medrepro.core.run_folder import METRICS_CSV
+
 FIRST_COLUMNS = ["epoch", "epoch_seconds", "train/loss", "train/acc", "val/loss", "val/acc"]
 
 
 class EpochHistory(pl.Callback):
     """Record every ``train/*`` and ``val/*`` epoch metric and the wall-clock seconds of
-    each epoch (training plus validation, as Keras reports it) into ``metrics.csv``.
+    each epoch (training plus validation, as Keras reports it) into ``metrics.csv``
+    (epochs counted from 1).
 
     The LightningModule computes its epoch metrics in its own ``on_train_epoch_end``,
     which Lightning calls after the callbacks' one, so a row is completed when the next
-    epoch starts or training ends.
+    epoch starts or training ends. The file is complete by ``on_fit_end``, where the
+    callbacks that read it (results.json, the plots) read it.
     """
 
-    def __init__(self, output_dir: str, filename: str = "metrics.csv") -> None:
-        self.path = Path(output_dir) / filename
-        self.rows: list[dict] = []
+    def __init__(self, output_dir: str) -> None:
+        self.path = Path(output_dir) / METRICS_CSV
+        self._rows: list[dict] = []
         self._epoch_start: float | None = None
         self._pending: dict | None = None
-
-    @property
-    def epoch_seconds(self) -> list[float]:
-        return [row["epoch_seconds"] for row in self.rows]
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush(trainer)
@@ -49,8 +49,8 @@ class EpochHistory(pl.Callback):
             if key.startswith(("train/", "val/")):
                 row[key] = float(value)
         self._pending = None
-        self.rows.append(row)
-        frame = pd.DataFrame(self.rows)
+        self._rows.append(row)
+        frame = pd.DataFrame(self._rows)
         ordered = [c for c in FIRST_COLUMNS if c in frame] + sorted(set(frame) - set(FIRST_COLUMNS))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         frame[ordered].to_csv(self.path, index=False)

@@ -6,21 +6,27 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytorch_lightning as pl
 
-from medrepro.callbacks.epoch_history import EpochHistory
 from medrepro.core.environment import device_description, package_versions
-from medrepro.core.run_folder import RESULTS_JSON, now, write_results
-from medrepro.datamodules.splitting.split import split_counts
+from medrepro.core.run_folder import METRICS_CSV, RESULTS_JSON, now, write_results
 
 
 class ResultsJSON(pl.Callback):
     """Resolved config, data facts, final validation and test metrics, confusion
     matrices, seconds per epoch, versions and device. Rewritten after every stage, with
-    ``status`` ``running`` until the test stage has ended, then ``completed``."""
+    ``status`` ``running`` until the test stage has ended, then ``completed``.
+
+    Everything comes from explicit interfaces, never from another callback: the trainer's
+    logged metrics and checkpoint callback, the module's ``class_names`` and
+    ``confusion_matrices``, the data module, and the run folder's ``metrics.csv`` (read in
+    ``on_fit_end``, once every callback's ``on_train_end`` has written it).
+    """
 
     def __init__(self, output_dir: str, run_config: dict | None = None) -> None:
-        self.path = Path(output_dir) / RESULTS_JSON
+        self.run_dir = Path(output_dir)
+        self.path = self.run_dir / RESULTS_JSON
         self.results: dict = {"status": "running", "run_dir": str(Path(output_dir).resolve())}
         if run_config is not None:
             self.results["config"] = run_config
@@ -36,12 +42,11 @@ class ResultsJSON(pl.Callback):
             self.results["data"] = _data_facts(trainer.datamodule)
             self.write()
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.results["val_final_epoch"] = _stage_metrics(trainer, "val")
         self.results["epochs_run"] = trainer.current_epoch  # epochs completed
-        history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
-        if history is not None and history.rows:
-            seconds = history.epoch_seconds
+        seconds = _epoch_seconds(self.run_dir / METRICS_CSV)
+        if seconds:
             self.results["epoch_seconds"] = seconds
             self.results["seconds_per_epoch"] = round(sum(seconds) / len(seconds), 3)
         checkpoint = trainer.checkpoint_callback
@@ -89,30 +94,16 @@ def _stage_metrics(trainer: pl.Trainer, stage: str) -> dict[str, float]:
     }
 
 
+def _epoch_seconds(metrics_csv: Path) -> list[float]:
+    """The ``epoch_seconds`` column of the run's metrics.csv (empty when there is none)."""
+    if not metrics_csv.is_file():
+        return []
+    history = pd.read_csv(metrics_csv)
+    return [float(s) for s in history["epoch_seconds"]] if "epoch_seconds" in history else []
+
+
 def _data_facts(datamodule) -> dict:
-    if datamodule is None or getattr(datamodule, "manifest", None) is None:
-        return {}
-    settings = datamodule.split_settings
-    grouped = bool(settings.get("group_by_patient", False))
-    mode = settings.get("mode", "ratios")
-    classes = list(datamodule.class_names)
-    return {
-        "name": datamodule.name,
-        "root": str(datamodule.root),
-        "classes": classes,
-        "positive_class": classes[1] if len(classes) == 2 else None,
-        "channels": datamodule.channels,
-        "enhance": getattr(datamodule, "enhance", "none"),
-        "model_channels": getattr(datamodule, "model_channels", datamodule.channels),
-        "image_size": datamodule.image_size,
-        "split_mode": mode,
-        "group_by_patient": grouped,
-        "patient_leakage_possible": None if mode == "given" else not grouped,
-        "split_counts": split_counts(datamodule.manifest).to_dict(orient="index"),
-        "variant": getattr(datamodule, "variant", None),
-        # the pre-training data checks (datamodules/audit/preflight.py) measure leakage instead
-        **getattr(datamodule, "data_checks", {}),
-    }
+    return datamodule.data_facts() if datamodule is not None and hasattr(datamodule, "data_facts") else {}
 
 
 def _number(value) -> float | None:

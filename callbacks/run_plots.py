@@ -1,34 +1,50 @@
-"""PNG figures of a run: learning curves, test confusion matrix, test ROC curve."""
+"""PNG figures of a run, drawn from the run folder's own files: learning curves from
+``metrics.csv``, the test confusion matrix and ROC curve from ``predictions.csv``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
-from medrepro.callbacks.epoch_history import EpochHistory
-from medrepro.callbacks.test_predictions import TestPredictions
 from medrepro.core.figures import plot_confusion_matrix, plot_learning_curves, plot_roc_curves
+from medrepro.core.run_folder import METRICS_CSV, PLOTS_FOLDER, PREDICTIONS_CSV
 
 
 class RunPlots(pl.Callback):
-    """``learning_curves.png`` after fitting; ``confusion_matrix.png`` and
-    ``roc_curve.png`` after testing."""
+    """``learning_curves.png`` once fitting has ended (``on_fit_end``, after every
+    callback's ``on_train_end`` has written ``metrics.csv``); ``confusion_matrix.png`` and
+    ``roc_curve.png`` once testing has ended (``on_test_end``, after every callback's
+    ``on_test_epoch_end`` has written ``predictions.csv``). A missing file means no figure.
+    """
 
-    def __init__(self, output_dir: str, subfolder: str = "plots") -> None:
-        self.folder = Path(output_dir) / subfolder
+    def __init__(self, output_dir: str) -> None:
+        self.run_dir = Path(output_dir)
+        self.folder = self.run_dir / PLOTS_FOLDER
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        history = next((c for c in trainer.callbacks if isinstance(c, EpochHistory)), None)
-        if history is not None and history.rows:
-            plot_learning_curves(pd.DataFrame(history.rows), self.folder / "learning_curves.png")
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history = _read_csv(self.run_dir / METRICS_CSV)
+        if history is not None and len(history):
+            plot_learning_curves(history, self.folder / "learning_curves.png")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        names = pl_module.class_names
-        matrix = pl_module.confusion_matrices.get("test")
-        if matrix is not None:
-            plot_confusion_matrix(matrix, names, self.folder / "confusion_matrix.png", "test confusion matrix")
-        writer = next((c for c in trainer.callbacks if isinstance(c, TestPredictions)), None)
-        if writer is not None and writer.frame is not None:
-            plot_roc_curves(writer.frame, names, self.folder / "roc_curve.png", "test ROC curve")
+        predictions = _read_csv(self.run_dir / PREDICTIONS_CSV)
+        if predictions is None or not len(predictions):
+            return
+        names = list(pl_module.class_names)
+        matrix = confusion_matrix(predictions, len(names))
+        plot_confusion_matrix(matrix, names, self.folder / "confusion_matrix.png", "test confusion matrix")
+        plot_roc_curves(predictions, names, self.folder / "roc_curve.png", "test ROC curve")
+
+
+def confusion_matrix(predictions: pd.DataFrame, num_classes: int) -> np.ndarray:
+    """Counts from a predictions.csv table: rows = true class (``label_index``), columns =
+    predicted class (``predicted_index``)."""
+    cells = predictions["label_index"].to_numpy() * num_classes + predictions["predicted_index"].to_numpy()
+    return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.is_file() else None

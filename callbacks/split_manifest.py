@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from medrepro.core.run_folder import SPLIT_CSV
+
 
 class SplitManifest(pl.Callback):
     """Write the data module's manifest into the run folder when fitting or testing starts."""
 
-    def __init__(self, output_dir: str, filename: str = "split.csv") -> None:
-        self.path = Path(output_dir) / filename
+    def __init__(self, output_dir: str) -> None:
+        self.path = Path(output_dir) / SPLIT_CSV
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         manifest = getattr(trainer.datamodule, "manifest", None)

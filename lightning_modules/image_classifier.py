@@ -94,9 +94,13 @@ class ImageClassifier(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> dict:
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """``probabilities`` (``[B, C]``, in ``class_names`` order) and ``predicted``
+        (``[B]`` class indices: the decision threshold for binary tasks, else argmax), for
+        the callbacks that record test predictions."""
         _, probabilities = self._step(batch, "test")
-        return {"probabilities": probabilities}
+        predicted = self.stage_metrics["test_metrics"].predicted_labels(probabilities)
+        return {"probabilities": probabilities, "predicted": predicted}
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")

@@ -1,11 +1,10 @@
-"""The training job: compose -> data -> model -> fit -> validate and test the best
-checkpoint. ``train.py`` is a thin Hydra entry point around :func:`train`."""
+"""The training job: compose -> data -> model -> fit -> validate and test the best (or
+last) checkpoint. ``train.py`` is a thin Hydra entry point around :func:`train`."""
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from medrepro.jobs.resume import completed_results
 
 log = logging.getLogger(__name__)
 TRAINER_KEYS_NOT_FOR_LIGHTNING = ("batch_size", "compile")
+TEST_CHECKPOINTS = ("best", "last")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -30,6 +30,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     configuration (a sweep re-run into the same ``hydra.sweep.dir``) is not run again.
     """
     _check_no_missing_values(cfg)
+    which_checkpoint = _test_checkpoint_setting(cfg)
     output_dir = Path(cfg.paths.output_dir)
     previous = completed_results(output_dir, cfg)
     if previous is not None:
@@ -53,8 +54,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule)
     if trainer.interrupted:
         raise KeyboardInterrupt
-    _check_diverged(trainer)
-    checkpoint = _checkpoint_to_test(trainer, cfg.get("test_checkpoint", "best"))
+    # divergence: the callbacks' DivergenceGuard has already stopped the fit
+    checkpoint = which_checkpoint if _has_checkpoints(trainer) else None  # None: the weights in memory
     trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
     results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]
     log.info("Run folder: %s", output_dir.resolve())
@@ -176,18 +177,17 @@ def _check_no_missing_values(cfg: DictConfig) -> None:
         raise ConfigError(f"Set {', '.join(missing)} on the command line (required, no default).{hint}")
 
 
-def _check_diverged(trainer: pl.Trainer) -> None:
-    loss = trainer.callback_metrics.get("train/loss")
-    if loss is not None and not math.isfinite(float(loss)):
-        raise TrainingDiverged(
-            f"Training diverged: the training loss became {float(loss)}; lower optimizer.lr."
-        )
+def _test_checkpoint_setting(cfg: DictConfig) -> str:
+    """``test_checkpoint``, checked before fitting: ``best`` or ``last`` (Lightning's
+    ``ckpt_path`` names for the best checkpoint by the monitored metric and the newest
+    ``last.ckpt``)."""
+    which = str(cfg.get("test_checkpoint", "best"))
+    if which not in TEST_CHECKPOINTS:
+        raise ConfigError(f"test_checkpoint must be best or last, not {which!r}.")
+    return which
 
 
-def _checkpoint_to_test(trainer: pl.Trainer, which: str) -> str | None:
+def _has_checkpoints(trainer: pl.Trainer) -> bool:
+    """Whether the fit saved checkpoints (a ModelCheckpoint callback that wrote one)."""
     callback = trainer.checkpoint_callback
-    if callback is None or not getattr(callback, "best_model_path", ""):
-        return None  # no checkpointing: test the weights in memory
-    if which == "last" and getattr(callback, "last_model_path", ""):
-        return callback.last_model_path
-    return callback.best_model_path
+    return callback is not None and bool(getattr(callback, "best_model_path", ""))
