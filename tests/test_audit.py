@@ -106,7 +106,7 @@ def test_planted_problems_are_all_found(tmp_path):
 
 def _pneumonia_datamodule(root, tmp_path, *overrides):
     cfg = compose_config(["data=pneumonia", f"data.root={root}", "data.split.mode=given",
-                          "data.cache=false", *overrides], tmp_path / "run")
+                          "data.cache.enabled=false", *overrides], tmp_path / "run")
     module = hydra.utils.instantiate(cfg.data, augment=None, _convert_="all")
     module.setup("fit")
     return module
@@ -117,19 +117,19 @@ def test_training_checks_stop_on_leakage_and_unreadable_files_unless_allowed(tmp
     copy = tmp_path / "data" / "test" / "NORMAL" / "IM-0800-0001.png"
     copy.write_bytes(Path(rows[0][0]).read_bytes())  # the same bytes in train and test
     module = _pneumonia_datamodule(tmp_path / "data", tmp_path)
-    with pytest.raises(DataError, match=r"^Cross-split leakage: 1 identical file\(s\) .*data.allow_leakage=true"):
+    with pytest.raises(DataError, match=r"^Cross-split leakage: 1 identical file\(s\) .*data.checks.allow_leakage=true"):
         check_before_training(module)
-    module = _pneumonia_datamodule(tmp_path / "data", tmp_path, "data.allow_leakage=true")
+    module = _pneumonia_datamodule(tmp_path / "data", tmp_path, "data.checks.allow_leakage=true")
     facts = check_before_training(module)
     assert len(facts["allowed_leakage"]["identical_files_across_splits"]) == 1
     assert facts["patient_leakage_possible"] is False and facts["patients_in_several_splits"] == 0
 
     (tmp_path / "data" / "val" / "PNEUMONIA" / "person77_virus_1.png").write_bytes(b"")
-    module = _pneumonia_datamodule(tmp_path / "data", tmp_path, "data.allow_leakage=true")
+    module = _pneumonia_datamodule(tmp_path / "data", tmp_path, "data.checks.allow_leakage=true")
     with pytest.raises(DataError, match=r"^Cannot read image .*person77_virus_1.png \(zero-byte file\)"):
         check_before_training(module)
-    module = _pneumonia_datamodule(tmp_path / "data", tmp_path, "data.allow_leakage=true",
-                                   "data.skip_unreadable=true")
+    module = _pneumonia_datamodule(tmp_path / "data", tmp_path, "data.checks.allow_leakage=true",
+                                   "data.checks.skip_unreadable=true")
     facts = check_before_training(module)
     assert [p["problem"] for p in facts["skipped_unreadable"]] == ["zero-byte file"]
     assert "person77_virus_1.png" not in " ".join(module.manifest["path"])
@@ -143,8 +143,8 @@ def test_image_level_split_trains_and_results_json_says_leakage_was_possible(tmp
     (tmp_path / "data" / "train" / "NORMAL" / "IM-0099-0001.png").write_bytes(b"")
     cfg = compose_config(["data=pneumonia", f"data.root={tmp_path / 'data'}", "data.split.mode=ratios",
                           "data.split.ratios={train: 0.5, val: 0.25, test: 0.25}",
-                          "data.split.group_by_patient=false", "data.skip_unreadable=true",
-                          "data.cache=false", "data.num_workers=0", "model.pretrained=false",
+                          "data.split.group_by_patient=false", "data.checks.skip_unreadable=true",
+                          "data.cache.enabled=false", "data.loader.num_workers=0", "model.pretrained=false",
                           *TINY_TRAINING], tmp_path / "run")
     train(cfg)
     data = json.loads((tmp_path / "run" / "results.json").read_text())["data"]
@@ -159,7 +159,7 @@ def test_audit_entry_writes_json_and_markdown(tmp_path, capsys):
     (tmp_path / "chest_xray" / "val" / "NORMAL" / "IM-0555-0001.png").write_bytes(Path(rows[0][0]).read_bytes())
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("audit", overrides=["data=pneumonia", f"data.root={tmp_path}", "data.cache=false"])
+        cfg = compose("audit", overrides=["data=pneumonia", f"data.root={tmp_path}", "data.cache.enabled=false"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "out")
     result = audit(cfg)

@@ -1,4 +1,4 @@
-"""benchmark.py's figures: ratios, MFU and target checks from measured numbers (< 1 s;
+"""benchmark.py's figures: ratios, MFU and target checks from measured numbers (seconds;
 the measurements themselves are not tests, they run in `python benchmark.py`)."""
 
 import pytest
@@ -57,3 +57,19 @@ def test_missed_targets_and_mfu_on_a_gpu():
     assert list(met.values()) == [True, False, False]
     assert results["training"][0]["train_mfu"] == pytest.approx(10.0 * 3e9 / 1e12)
     assert "MFU (of the GPU's 16-bit dense peak): training 2.7%" in format_report(results)
+
+
+def test_flops_per_image_counts_a_linear_layer_by_hand():
+    """Lightning's measure_flops through flops_per_image, against the count by hand: a
+    Linear(8 -> 4) does 2*8*4 FLOPs per image forward, and as many again backward for the
+    weight's gradient (the images need none)."""
+    import torch
+
+    from benchmarks.harness.flops import flops_per_image, gpu_peak_flops
+
+    layer = torch.nn.Linear(8, 4)
+    flops = flops_per_image(layer, layer, lambda logits: logits.sum(), torch.ones(5, 8))
+    assert flops == {"inference_flops_per_image": 64, "train_flops_per_image": 64 * 2}
+    assert layer.weight.grad is None
+    if not torch.cuda.is_available():
+        assert gpu_peak_flops() == ("cpu", None)

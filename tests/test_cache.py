@@ -42,8 +42,8 @@ def count_reads(monkeypatch):
 
 def datamodule(tmp_path, root, *overrides, augment=None):
     cfg = compose_config(
-        ["data=folder", f"data.root={root}", "data.image_size=16", "data.num_workers=0",
-         f"data.cache_dir={tmp_path / 'cache'}", *overrides], tmp_path / "run")
+        ["data=folder", f"data.root={root}", "data.image_size=16", "data.loader.num_workers=0",
+         f"data.cache.dir={tmp_path / 'cache'}", *overrides], tmp_path / "run")
     module = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
     module.prepare_data()
     module.setup("fit")
@@ -76,7 +76,7 @@ def test_cache_is_built_once_then_later_runs_read_no_image_file(tmp_path, class_
 def test_cached_items_equal_uncached_items_up_to_8_bit_quantisation(tmp_path, class_folders):
     cached = datamodule(tmp_path, class_folders)
     cached.build_cache()
-    plain = datamodule(tmp_path, class_folders, "data.cache=false")
+    plain = datamodule(tmp_path, class_folders, "data.cache.enabled=false")
     plain.train_dataloader()
     assert plain.image_cache is None and plain.datasets["train"].cache is None
     for split in ("train", "test"):
@@ -148,7 +148,7 @@ def test_images_of_several_sizes_need_a_resize_to_be_cached(tmp_path):
     write_gray(tmp_path / "a" / "1.png", 10, size=24)
     write_gray(tmp_path / "a" / "2.png", 10, size=30)
     paths = sorted(str(p) for p in (tmp_path / "a").iterdir())
-    with pytest.raises(ConfigError, match="end data.preprocess with a Resize"):
+    with pytest.raises(ConfigError, match="end data.preprocess.steps with a Resize"):
         ImageCache.open_or_build(paths, 1, None, tmp_path / "cache", progress=False)
 
 
@@ -168,8 +168,8 @@ def test_augmentation_still_runs_per_epoch_after_the_cache(tmp_path, class_folde
 
 def test_build_ahead_of_time_from_the_command_line(tmp_path, class_folders):
     done = subprocess.run(
-        [sys.executable, "-m", "medrepro.datamodules.cache.image_cache", "data=folder", f"data.root={class_folders}",
-         "data.image_size=16", f"data.cache_dir={tmp_path / 'cache'}"],
+        [sys.executable, "-m", "medrepro.cli.cache", "data=folder", f"data.root={class_folders}",
+         "data.image_size=16", f"data.cache.dir={tmp_path / 'cache'}"],
         capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "20 images cached in" in done.stdout

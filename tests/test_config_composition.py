@@ -82,7 +82,7 @@ def test_combination_composes_and_instantiates(choice, tmp_path, class_folders):
         overrides.append(f"data.root={class_folders}")
     cfg = compose_config(overrides, tmp_path / "run", demo_dir=tmp_path / "demo")
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    assert resolved["trainer"]["batch_size"] == resolved["data"]["batch_size"]
+    assert resolved["trainer"]["batch_size"] == resolved["data"]["loader"]["batch_size"]
 
     augment = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None
     datamodule = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
@@ -99,3 +99,12 @@ def test_combination_composes_and_instantiates(choice, tmp_path, class_folders):
         return  # composes and resolves; building a GPU trainer needs a GPU
     trainer = build_trainer(cfg, callbacks, logger, Path(tmp_path / "run"))
     assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_the_readme_command_with_a_batch_size_composes(tmp_path):
+    """``python train.py model=xception data=pneumonia trainer.batch_size=32``: the data
+    loader takes the trainer's batch size; only data.root is left to set."""
+    cfg = compose_config(["model=xception", "data=pneumonia", "trainer.batch_size=32"], tmp_path / "run")
+    assert cfg.model.name == "legacy_xception" and cfg.data.name == "pneumonia"
+    assert cfg.data.loader.batch_size == 32
+    assert OmegaConf.is_missing(cfg.data, "root")

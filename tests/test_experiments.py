@@ -42,7 +42,7 @@ EXPERIMENTS = {  # name -> (arms, real data config)
 }
 SEEDS = 3
 FAST = ["model.name=test_resnet", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-        "~medrepro.callbacks.run_plots", "hydra.callbacks.sweep_report.resamples=200"]
+        "~callbacks.run_plots", "hydra.callbacks.sweep_report.resamples=200"]
 
 
 def compose_experiment(name: str, *overrides: str):
@@ -83,7 +83,7 @@ def test_experiment_settings_follow_the_papers():
     assert brain.hydra.runtime.choices.augment == "random_crop"
     covid = compose_experiment("covid3_vgg16_loss", "data.root=/d")
     assert covid.model.name == "vgg16" and covid.hydra.sweeper.params.loss == "ce_onehot,ce"
-    assert covid.hydra.sweeper.params["data.enhance"] == "none,enh"
+    assert covid.hydra.sweeper.params["data.preprocess.enhance"] == "none,enh"
     assert OmegaConf.to_container(covid.data, resolve=True)["channels"] == 1  # CXR
     enh = compose_experiment("covid3_vgg16_loss", "data.root=/d", "data.variant=enh")
     assert OmegaConf.to_container(enh.data, resolve=True)["channels"] == 3

@@ -9,7 +9,7 @@ TARGETS = {
 }
 LABELS = {
     "naive": "naive: torchvision ImageFolder + PIL transforms",
-    "medrepro": "medrepro, data.cache=false",
+    "medrepro": "medrepro, data.cache.enabled=false",
     "medrepro_cached": "medrepro from the cache",
     "medrepro_cached_augment": "medrepro from the cache + augment=basic",
 }

@@ -32,11 +32,12 @@ def _settings(model_name: str, batch_size: int, device: str) -> list[str]:
 
 def _loader(datamodule, split: str, batches: int) -> DataLoader:
     dataset = datamodule.datasets[split]
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batches * datamodule.batch_size,
+    loader = datamodule.loader
+    sampler = RandomSampler(dataset, replacement=True, num_samples=batches * loader.batch_size,
                             generator=torch.Generator().manual_seed(0))
-    return DataLoader(dataset, batch_size=datamodule.batch_size, sampler=sampler,
-                      num_workers=datamodule.num_workers, pin_memory=datamodule.pin_memory,
-                      persistent_workers=datamodule.persistent_workers)
+    return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      persistent_workers=loader.persistent_workers)
 
 
 def _throughput(times: list[float], warmup: int, batch_size: int) -> float:
@@ -172,8 +173,8 @@ def measure_plain_loop(root: str, model_name: str, image_size: int, batch_size: 
         train.append(train_round())
         infer.append(inference_round())
     example = next(iter(_loader(datamodule, "train", 1)))["image"]
-    flops = flops_per_image(forward, lambda images: loss_function(
-        forward(images).float(), torch.zeros(len(images), dtype=torch.long, device=device)), example)
+    flops = flops_per_image(backbone, forward, lambda logits: loss_function(
+        logits.float(), torch.zeros(len(logits), dtype=torch.long, device=device)), example)
     return {"loop": "hand-written", "train_images_per_s": max(train), "train_rounds": train,
             "inference_images_per_s": max(infer), "inference_rounds": infer,
             "precision": precision, **flops}

@@ -17,6 +17,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from medrepro.core.errors import UserError
+from medrepro.core.quiet import FILE_ONLY
 from medrepro.datamodules.audit.audit_report import summary_lines, write_audit
 from medrepro.datamodules.audit.data_audit import audit_data
 from medrepro.datamodules.splitting.split import MANIFEST_COLUMNS
@@ -65,6 +66,6 @@ def run_audit(cfg: DictConfig) -> None:
     try:
         audit(cfg)
     except UserError as error:
-        log.error("%s", error)
+        log.error("%s", error, extra={FILE_ONLY: True})  # printed below
         print(f"\nError: {error}", file=sys.stderr)
         raise SystemExit(1) from None

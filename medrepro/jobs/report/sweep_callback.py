@@ -31,5 +31,4 @@ class SweepReport(Callback):
         except Exception:  # the sweep's results stay; report.py can be run again
             log.exception("Could not write the sweep report; run: python report.py %s", sweep_dir)
             return
-        log.info("Sweep report: %s", path)
         print(f"Sweep report: {path}")
