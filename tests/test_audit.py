@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import hydra
@@ -150,6 +151,10 @@ def test_image_level_split_trains_and_results_json_says_leakage_was_possible(tmp
     data = json.loads((tmp_path / "run" / "results.json").read_text())["data"]
     assert data["group_by_patient"] is False and data["split_mode"] == "ratios"
     assert data["patient_leakage_possible"] is True and data["patients_in_several_splits"] > 0
+    split = pd.read_csv(tmp_path / "run" / "split.csv")  # recount from the file names
+    split["pid"] = [re.match(r"IM-\d+|person\d+", Path(p).name).group(0) for p in split["path"]]
+    spread = split[split["split"] != "unused"].groupby("pid")["split"].nunique()
+    assert data["patients_in_several_splits"] == int((spread > 1).sum())
     assert data["skipped_unreadable"][0]["path"].endswith("IM-0099-0001.png")
     assert data["positive_class"] == "PNEUMONIA"
 

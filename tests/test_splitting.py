@@ -1,3 +1,8 @@
+"""Splitting images into train/val/test: seeds, counts, ratios and their rounding, patients."""
+
+from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
+
 import pandas as pd
 import pytest
 
@@ -88,3 +93,53 @@ def test_impossible_counts_and_bad_ratios_are_user_errors():
         make_split(records, ["a", "b"], "counts", counts={"train": {"zebra": 1}})
     with pytest.raises(ConfigError, match="train/, val/ and test/"):
         make_split(records, ["a", "b"], "given")
+
+
+def documented_ratio_counts(n: int, ratios: dict[str, str]) -> dict[str, int]:
+    """The README's rule, computed independently with decimal arithmetic: val and test get
+    their fraction of n rounded to the nearest whole number (an exact half to the even
+    one), train the rest."""
+    def nearest(fraction: str) -> int:
+        return int((Decimal(fraction) * n).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+    val, test = nearest(ratios["val"]), nearest(ratios["test"])
+    return {"train": n - val - test, "val": val, "test": test}
+
+
+@pytest.mark.parametrize(
+    "sizes, ratios",
+    [
+        ({"a": 7, "b": 7}, {"train": "0.7", "val": "0.15", "test": "0.15"}),  # 1.05 -> 1
+        ({"a": 13, "b": 11, "c": 7}, {"train": "0.7", "val": "0.15", "test": "0.15"}),  # 1.95, 1.65
+        ({"a": 10, "b": 30, "c": 50}, {"train": "0.7", "val": "0.15", "test": "0.15"}),  # halves
+        ({"a": 150, "b": 250}, {"train": "0.86", "val": "0.07", "test": "0.07"}),  # 10.5, 17.5
+        ({"a": 6045, "b": 3323}, {"train": "0.49", "val": "0.21", "test": "0.30"}),  # 1813.5
+        ({"a": 9, "b": 4}, {"train": "0.5", "val": "0.3", "test": "0.2"}),  # 2.7, 1.2, 0.8
+    ],
+)
+def test_ratio_split_counts_follow_the_documented_rounding(sizes, ratios):
+    """Counts that do not divide exactly: every image is assigned, each class keeps its
+    size, each split is within one image of its share (val and test within half), and the
+    counts are exactly the README's rule."""
+    records = [ImageRecord(f"/d/{label}/{i:05d}.png", label) for label, n in sizes.items()
+               for i in range(n)]
+    manifest = make_split(records, list(sizes), "ratios",
+                          ratios={k: float(v) for k, v in ratios.items()}, seed=7)
+    assert (manifest["split"] != "unused").all()
+    table = split_counts(manifest)
+    for label, n in sizes.items():
+        got = {split: int(table.loc[split, label]) for split in ("train", "val", "test")}
+        assert sum(got.values()) == n
+        for split, fraction in ratios.items():
+            share = Fraction(fraction) * n
+            assert abs(got[split] - share) <= (1 if split == "train" else Fraction(1, 2))
+        assert got == documented_ratio_counts(n, ratios), (label, n)
+
+
+def test_ratio_rounding_examples_in_the_readme():
+    """The README's examples: 13 images at 0.7/0.15/0.15 are 9/2/2, 30 images 22/4/4."""
+    ratios = {"train": 0.7, "val": 0.15, "test": 0.15}
+    for n, expected in ((13, [9, 2, 2]), (30, [22, 4, 4])):
+        records = [ImageRecord(f"/d/{i}.png", "a") for i in range(n)]
+        table = split_counts(make_split(records, ["a"], "ratios", ratios=ratios))
+        assert table["a"].tolist() == expected

@@ -6,7 +6,12 @@ Modes:
 * ``counts``: fixed per-class image counts per split, as the papers give them
   (``{train: {normal: 226, cardiomegaly: 250}, val: {...}, test: {...}}``); images not
   asked for are marked ``unused``;
-* ``ratios``: per-class fractions (``{train: 0.7, val: 0.15, test: 0.15}``);
+* ``ratios``: per-class fractions (``{train: 0.7, val: 0.15, test: 0.15}``). Of a class
+  of ``n`` images, val and test each get ``fraction * n`` rounded to the nearest whole
+  number (an exact half to the even number), computed exactly from the fractions' decimal
+  digits, and train gets the rest. So every image is used, val and test are within half
+  an image of their share and train within one (13 images at 0.7/0.15/0.15: 1.95 -> 2
+  each for val and test, 9 for train; 30 images: 4.5 -> 4, 22 for train);
 * ``paper``: the published study's own split, which a data set's config states in
   ``split.paper`` as ``{counts: {...}}`` or ``{ratios: {...}}``; all images are pooled
   and re-split to it (Kaggle pneumonia: studies 3 and 4's 790/2,140, 593/1,833, 200/300).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -47,7 +53,11 @@ def make_split(
     seed: int = 0,
     paper: Mapping | None = None,
 ) -> pd.DataFrame:
-    """Assign every record to ``train``, ``val``, ``test`` (or ``unused``)."""
+    """Assign every record to ``train``, ``val``, ``test`` (or ``unused``).
+
+    With ``ratios``, val and test get ``fraction * n`` images of each class of ``n``,
+    rounded to the nearest whole number (an exact half to the even one), and train the
+    rest; the module docstring has examples."""
     if mode not in MODES:
         raise ConfigError(f"data.split.mode must be one of {', '.join(MODES)}, not '{mode}'.")
     published = mode == "paper"
@@ -146,6 +156,8 @@ def _targets_from_counts(counts, class_names, per_class) -> dict[str, dict[str, 
 
 
 def _targets_from_ratios(ratios, class_names, per_class) -> dict[str, dict[str, int]]:
+    """Per class: val and test ``fraction * n`` rounded to the nearest whole number (an
+    exact half to the even one), train the rest (see the module docstring)."""
     ratios = dict(ratios or {})
     if set(ratios) - set(SPLITS) or any(float(v) < 0 for v in ratios.values()):
         raise ConfigError("data.split.ratios takes non-negative train, val and test fractions.")
@@ -155,11 +167,18 @@ def _targets_from_ratios(ratios, class_names, per_class) -> dict[str, dict[str, 
     targets: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
     for name in class_names:
         n = per_class.get(name, 0)
-        val = round(float(ratios.get("val", 0)) * n)
-        test = round(float(ratios.get("test", 0)) * n)
+        val = _share(ratios.get("val", 0), n)
+        test = _share(ratios.get("test", 0), n)
         targets["val"][name], targets["test"][name] = val, test
         targets["train"][name] = n - val - test
     return targets
+
+
+def _share(fraction: float, n: int) -> int:
+    """``fraction * n`` rounded to the nearest integer, an exact half to the even one, in
+    exact arithmetic on the fraction as written: in floating point 0.07 * 150 is
+    10.500000000000002, which would round up where 0.15 * 30 = 4.5 rounds down."""
+    return round(Fraction(str(float(fraction))) * n)
 
 
 def _group_keys(frame: pd.DataFrame, group_by_patient: bool) -> pd.Series:

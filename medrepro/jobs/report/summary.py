@@ -107,8 +107,12 @@ def _table(arms: list[Arm], metrics: list[str], intervals: dict) -> pd.DataFrame
                 rows.append(_row(arm, metric, "run", value, interval, run=run))
             mean, sd = mean_sd(values)
             paper, paper_sd, best = _paper(arm.reference.get(metric))
-            ours = max((v for v in values if v is not None), default=None) if best else mean
-            interval = intervals.get((arm.label, None), {}).get(name) if test_metric else None
+            scored = [(v, run) for v, run in zip(values, arm.runs) if v is not None]
+            top_value, top_run = max(scored, key=lambda pair: pair[0], default=(None, None))
+            ours = top_value if best else mean
+            # the interval of the number shown: the best run's own, or that of the mean
+            seed = top_run.seed if best and top_run is not None else None
+            interval = intervals.get((arm.label, seed), {}).get(name) if test_metric else None
             rows.append(_row(arm, metric, "best run" if best else "mean", ours, interval, sd=sd,
                              n=sum(v is not None for v in values), paper=paper, paper_sd=paper_sd))
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
@@ -196,7 +200,8 @@ def _markdown(sweep_dir, config, reference, runs, arms, classes, metrics, table,
               (f"Each run's value, the mean ± SD over runs, the paper's value and our mean minus "
               f"the paper's. The 95% CI of a test metric is a percentile bootstrap over the test "
               f"images ({resamples} resamples; for the mean, each run's test set is resampled "
-              f"independently), so it shows test-set sampling uncertainty, not run-to-run spread."),
+              f"independently; for a best run, that run's), so it shows test-set sampling "
+              f"uncertainty, not run-to-run spread."),
               "", *_metric_table(arms, metrics, table)]
     lines += ["", "## Do the arms differ by more than run-to-run noise?", "",
               *_comparisons(arms, main, reference)]
