@@ -147,7 +147,7 @@ def test_combination_composes_and_builds(choice, tmp_path, data_roots, demo_dir)
     run_dir = tmp_path / "run"
     cfg = compose_config(overrides, run_dir, demo_dir=demo_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    assert resolved["trainer"]["batch_size"] == resolved["data"]["batch_size"]
+    assert resolved["trainer"]["batch_size"] == resolved["data"]["loader"]["batch_size"]
     not_checked = []
 
     # data: the classes in label order, and a training batch as the model will see it
