@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import pickle
 from pathlib import Path
 
 import timm
@@ -67,7 +68,14 @@ def _check_model_name(name: str) -> None:
 
 
 def _load_lightning_checkpoint(model: nn.Module, path: Path) -> None:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint someone shares is data, never code run as the user
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        raise UserError(
+            f"model.weights: {path} cannot be loaded as plain weights ({type(error).__name__}); "
+            "give a medrepro .ckpt or a timm/torchvision state dict (.pth, .safetensors)."
+        ) from None
     state = checkpoint.get("state_dict", checkpoint)
     prefix = "backbone."
     backbone_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

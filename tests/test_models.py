@@ -98,3 +98,26 @@ def test_torchvision_vgg16_weights_are_converted(tmp_path):
 def test_missing_weights_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="model.weights file not found"):
         create_backbone("inception_v3", 1, 1, weights=str(tmp_path / "nope.pth"))
+
+
+class _WritesAFile:
+    """Unpickling this runs code: it would create the file ``target``."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unread(tmp_path):
+    """model.weights=FILE.ckpt never unpickles code: the planted file is not written and the
+    run stops with one sentence that names the checkpoint."""
+    target = tmp_path / "written_by_the_checkpoint"
+    checkpoint = tmp_path / "shared.ckpt"
+    torch.save({"state_dict": {}, "payload": _WritesAFile(target)}, checkpoint)
+    with pytest.raises(UserError) as raised:
+        create_backbone("test_resnet", num_outputs=1, in_chans=1, weights=str(checkpoint))
+    assert not target.exists()
+    message = str(raised.value)
+    assert str(checkpoint) in message and "\n" not in message
