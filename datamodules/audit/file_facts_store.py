@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from medrepro.core.run_folder import write_atomic
+
 FILENAME = "file_facts.json"
 VERSION = 1
 
@@ -41,7 +43,4 @@ class FileFactsStore:
     def save(self) -> None:
         """Write atomically (temporary file, then rename): concurrent jobs never see half a
         file; the last writer wins, which is harmless since facts depend only on the file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"version": VERSION, "facts": self.facts}))
-        temporary.replace(self.path)
+        write_atomic(self.path, json.dumps({"version": VERSION, "facts": self.facts}))
