@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medrepro.callbacks.divergence_guard import DivergenceGuard
 from medrepro.core.errors import TrainingDiverged
-from medrepro.jobs.training import run_job
+from medrepro.jobs.job_runner import run_job
 
 
 class LinearRegression(pl.LightningModule):

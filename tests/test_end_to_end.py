@@ -15,7 +15,8 @@ from conftest import REPO, TINY_RUN, TINY_TRAINING, compose_config
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from medrepro.jobs.training import run_job, train
+from medrepro.jobs.job_runner import run_job
+from medrepro.jobs.training import train
 from medrepro.lightning_modules.backbone import create_backbone
 
 

@@ -11,7 +11,8 @@ from conftest import TINY_RUN, compose_config
 
 from medrepro.datamodules.transforms.image_reader import read_image
 from medrepro.datamodules.transforms.local_phase import enhance_local_phase
-from medrepro.jobs.training import run_job, train
+from medrepro.jobs.job_runner import run_job
+from medrepro.jobs.training import train
 
 
 def test_enh_run_feeds_three_local_phase_channels_to_the_model(tmp_path, demo_dir):

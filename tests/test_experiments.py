@@ -28,9 +28,9 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from medrepro.core.run_folder import class_key
+from medrepro.jobs.job_runner import run_job
 from medrepro.jobs.report.statistics import metrics_from_predictions, prediction_arrays
 from medrepro.jobs.report.summary import write_report
-from medrepro.jobs.training import run_job
 from medrepro.lightning_modules.losses import build_loss
 
 EXPERIMENTS = {  # name -> (arms, real data config)

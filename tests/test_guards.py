@@ -21,7 +21,8 @@ from PIL import Image
 from medrepro.core.errors import DataError
 from medrepro.datamodules.audit.preflight import check_before_training
 from medrepro.jobs.auditing import run_audit
-from medrepro.jobs.training import run_job, train
+from medrepro.jobs.job_runner import run_job
+from medrepro.jobs.training import train
 
 FAST = ["model.name=test_resnet", "data.loader.num_workers=0", "data.cache.enabled=false", *TINY_TRAINING]
 PATIENT_REGEX = r"data.source.patient_id_regex='^(p\d+)_'"

@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 from medrepro.core.config_tree import CONFIG_DIR
 from medrepro.core.quiet import quiet_library_output
-from medrepro.jobs.training import run_job
+from medrepro.jobs.job_runner import run_job
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

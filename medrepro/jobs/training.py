@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import inspect
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from medrepro.core.errors import ConfigError, TrainingDiverged, UserError, user_error_behind
+from medrepro.core.errors import ConfigError
 from medrepro.core.precision import resolve_precision
-from medrepro.core.run_folder import mark_failed
 from medrepro.datamodules.audit.preflight import check_before_training
 from medrepro.jobs.resume import completed_results
+from medrepro.jobs.settings_check import check_settings
 
 log = logging.getLogger(__name__)
 TRAINER_KEYS_NOT_FOR_LIGHTNING = ("batch_size", "compile")
-TEST_CHECKPOINTS = ("best", "last")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -29,8 +27,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     A job whose run folder already holds the completed results of the same resolved
     configuration (a sweep re-run into the same ``hydra.sweep.dir``) is not run again.
     """
-    _check_no_missing_values(cfg)
-    which_checkpoint = _test_checkpoint_setting(cfg)
+    which_checkpoint = check_settings(cfg)
     output_dir = Path(cfg.paths.output_dir)
     previous = completed_results(output_dir, cfg)
     if previous is not None:
@@ -109,82 +106,6 @@ def build_trainer(cfg: DictConfig, callbacks, logger, output_dir: Path) -> pl.Tr
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"Invalid trainer setting: {error}. Check the trainer.* overrides.") from error
-
-
-def run_job(cfg: DictConfig) -> float | None:
-    """Run :func:`train`, turning a user's mistake into one sentence on stderr.
-
-    In a single run the process then exits with status 1 (other exceptions propagate
-    with their traceback). In a multirun any failing job is recorded as ``failed`` (or
-    ``diverged``) in its own results.json, its traceback goes to the job's log, and the
-    sweep goes on with the next job.
-    """
-    try:
-        metrics = train(cfg)
-    except Exception as raised:
-        error = user_error_behind(raised)
-        if error is None:
-            if not _is_multirun():
-                raise
-            log.exception("The job failed; the sweep goes on.")
-            _report_failure(cfg, "failed", _first_line(raised))
-            return None
-        status = "diverged" if isinstance(error, TrainingDiverged) else "failed"
-        _report_failure(cfg, status, _sentence(error))
-        if _is_multirun():
-            return None
-        raise SystemExit(1) from None
-    optimised = cfg.get("optimized_metric")
-    return metrics.get(optimised) if optimised else None
-
-
-def _sentence(error: UserError) -> str:
-    """The user's sentence, also when a DataLoader worker re-raised the error with the
-    worker's traceback folded into the message."""
-    message = str(error).strip()
-    if "Original Traceback" in message:
-        message = message.splitlines()[-1].split(": ", 1)[-1]
-    return message
-
-
-def _first_line(error: BaseException) -> str:
-    """``Type: first line of the message`` of the innermost cause (Hydra and Lightning wrap
-    the error that actually happened)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-
-
-def _report_failure(cfg: DictConfig, status: str, message: str) -> None:
-    print(f"\nError: {message}", file=sys.stderr)
-    output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
-    if output_dir and Path(output_dir).is_dir():
-        mark_failed(output_dir, status, message)
-
-
-def _is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _check_no_missing_values(cfg: DictConfig) -> None:
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        hint = " For example: python train.py data=folder data.root=/path/to/images" if "data.root" in missing else ""
-        raise ConfigError(f"Set {', '.join(missing)} on the command line (required, no default).{hint}")
-
-
-def _test_checkpoint_setting(cfg: DictConfig) -> str:
-    """``test_checkpoint``, checked before fitting: ``best`` or ``last`` (Lightning's
-    ``ckpt_path`` names for the best checkpoint by the monitored metric and the newest
-    ``last.ckpt``)."""
-    which = str(cfg.get("test_checkpoint", "best"))
-    if which not in TEST_CHECKPOINTS:
-        raise ConfigError(f"test_checkpoint must be best or last, not {which!r}.")
-    return which
 
 
 def _has_checkpoints(trainer: pl.Trainer) -> bool:
