@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.core.records import SPLITS
-from medrepro.datamodules.cache.image_cache import ImageCache
+from medrepro.datamodules.audit.preflight import SKIP_SETTING, as_problems, unreadable_sentence
+from medrepro.datamodules.cache.image_cache import ImageCache, ensure_writable_folder
 from medrepro.datamodules.data_settings import (
     CacheSettings,
     CheckSettings,
@@ -48,9 +49,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         preprocess: ``steps`` (deterministic albumentations transforms), ``enhance``
             (``none`` or ``enh``) and ``enh`` (:class:`PreprocessSettings`).
         checks: ``allow_leakage``, ``skip_unreadable``: let training go on despite
-            cross-split leakage or unreadable files (:class:`CheckSettings`).
-        cache: ``enabled``, ``dir``: the decoded-image cache, built when the first data
-            loader is asked for (:class:`CacheSettings`).
+            leakage or unreadable files; ``max_image_pixels``: the largest image read
+            (:class:`CheckSettings`).
+        cache: ``enabled``, ``dir``: the decoded-image cache, built by the checks before
+            training or when the first data loader is asked for (:class:`CacheSettings`);
+            :meth:`prepare_data` checks that ``dir`` can be written.
         loader: ``batch_size``, ``num_workers``, ``pin_memory``, ``persistent_workers``
             (:class:`LoaderSettings`).
         augment: random albumentations pipeline for training images only (the ``augment``
@@ -114,6 +117,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def prepare_data(self) -> None:
+        """Check that the cache folder can be written (when the cache is on), then let the
+        source prepare its files (the demo data sets are generated here, once)."""
+        if self.cache.enabled:
+            ensure_writable_folder(self.cache.dir)
         self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
@@ -150,6 +157,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                 preprocess=self.pipeline,
                 augment=self.augment if split == "train" else None,
                 cache=self.image_cache,
+                max_pixels=self.checks.pixel_limit,
             )
 
     def _ordered_class_names(self, found: list[str]) -> list[str]:
@@ -180,17 +188,35 @@ class ClassificationDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def build_cache(self, progress: bool | None = None) -> ImageCache:
+    def open_cache(self, progress: bool | None = None) -> ImageCache:
         """Open (or build once) the cache of every image in the manifest and let the
-        datasets read from it. Call after :meth:`setup`."""
+        datasets read from it; the files it could not decode are in its ``unreadable``.
+        Call after :meth:`setup`."""
         if self.image_cache is None:
             self.image_cache = ImageCache.open_or_build(
                 self.manifest["path"].tolist(), self.channels, self.pipeline, self.cache.dir,
                 num_workers=self.loader.num_workers, progress=progress,
+                max_pixels=self.checks.pixel_limit,
             )
             for dataset in self.datasets.values():
                 dataset.cache = self.image_cache
         return self.image_cache
+
+    def build_cache(self, progress: bool | None = None) -> ImageCache:
+        """:meth:`open_cache`, then deal with the train/val/test files it could not
+        decode (the checks before training have left them out already): left out with
+        ``data.checks.skip_unreadable=true``, else a :class:`DataError` naming the first."""
+        cache = self.open_cache(progress)
+        used = self.manifest[self.manifest["split"].isin(SPLITS)]
+        unreadable = as_problems(used, cache.unreadable)
+        if unreadable:
+            if not self.checks.skip_unreadable:
+                raise DataError(unreadable_sentence(unreadable, self.checks.pixel_limit))
+            log.warning("Skipped %d file(s) that cannot be decoded (%s).", len(unreadable),
+                        SKIP_SETTING)
+            self.exclude([problem["path"] for problem in unreadable])
+            self.data_checks.setdefault("skipped_unreadable", []).extend(unreadable)
+        return cache
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if self.cache.enabled:

@@ -17,6 +17,7 @@ import torch
 
 from medrepro.core.errors import ConfigError
 from medrepro.datamodules.transforms.enhancement import ENHANCEMENTS, LocalPhaseEnhancement
+from medrepro.datamodules.transforms.image_reader import DEFAULT_MAX_IMAGE_PIXELS
 from medrepro.datamodules.transforms.local_phase import EnhParams
 
 Settings = TypeVar("Settings")
@@ -91,17 +92,39 @@ class PreprocessSettings:
 @dataclass(frozen=True)
 class CheckSettings:
     """``data.checks``: let training go on despite what the checks before fitting find
-    (:mod:`medrepro.datamodules.audit.preflight`); results.json lists what was allowed."""
+    (:mod:`medrepro.datamodules.audit.preflight`); results.json lists what was allowed.
+
+    allow_leakage: train despite identical files in two splits, identical files under
+        two labels, or (with patient grouping) a patient in two splits.
+    skip_unreadable: train without the files that cannot be read or decoded.
+    max_image_pixels: the largest image (width x height) read; a larger one is refused
+        as a possible decompression bomb. ``None``: :data:`DEFAULT_MAX_IMAGE_PIXELS`.
+    """
 
     allow_leakage: bool = False
     skip_unreadable: bool = False
+    max_image_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        limit = self.max_image_pixels
+        if limit is not None and (not _is_count(limit) or limit < 1):
+            raise ConfigError(
+                "data.checks.max_image_pixels must be a positive whole number of pixels (or "
+                f"null for {DEFAULT_MAX_IMAGE_PIXELS}), not {limit}."
+            )
+
+    @property
+    def pixel_limit(self) -> int:
+        """``max_image_pixels``, with ``None`` resolved to the default."""
+        return int(self.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
 
 
 @dataclass(frozen=True)
 class CacheSettings:
     """``data.cache``: pre-process every image once into a memory-mapped uint8 array in
     ``dir`` (:mod:`medrepro.datamodules.cache.image_cache`); ``enabled=False`` reads and
-    pre-processes the files each time. ``dir`` also keeps the checks' file facts."""
+    pre-processes the files each time. ``dir`` also keeps the checks' file facts (when it
+    can be written; with ``enabled=True`` it must be)."""
 
     enabled: bool = False
     dir: str | None = None

@@ -20,6 +20,7 @@ class ImageDataset(Dataset):
     callables: ``transform(image=array)["image"]`` on ``float32 [H, W, C]`` arrays.
     With a ``cache`` (:class:`medrepro.datamodules.cache.image_cache.ImageCache` holding these paths), the
     pre-processed image comes from the cache and only ``augment`` runs per item.
+    ``max_pixels`` is the reader's limit for images (``data.checks.max_image_pixels``).
     """
 
     def __init__(
@@ -30,6 +31,7 @@ class ImageDataset(Dataset):
         preprocess: Transform | None = None,
         augment: Transform | None = None,
         cache=None,
+        max_pixels: int | None = None,
     ) -> None:
         self.paths = list(paths)
         self.labels = [int(x) for x in labels]
@@ -37,6 +39,7 @@ class ImageDataset(Dataset):
         self.preprocess = preprocess
         self.augment = augment
         self.cache = cache
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,7 +49,7 @@ class ImageDataset(Dataset):
         if self.cache is not None:
             image = self.cache.image(path)
         else:
-            image = preprocess_image(path, self.channels, self.preprocess)
+            image = preprocess_image(path, self.channels, self.preprocess, self.max_pixels)
         if self.augment is not None:
             image = np.clip(self.augment(image=image)["image"], 0.0, 1.0)
         if image.ndim == 2:
@@ -55,10 +58,12 @@ class ImageDataset(Dataset):
         return {"image": tensor, "label": self.labels[index], "path": self.paths[index]}
 
 
-def preprocess_image(path: str, channels: int, preprocess: Transform | None) -> np.ndarray:
+def preprocess_image(path: str, channels: int, preprocess: Transform | None,
+                     max_pixels: int | None = None) -> np.ndarray:
     """The deterministic part of an item (what the image cache stores): read the file
-    with ``channels`` channels, then apply ``preprocess``; ``float32 [H, W, C]``."""
-    image = read_image(path, channels)
+    with ``channels`` channels (refusing images of more than ``max_pixels`` pixels), then
+    apply ``preprocess``; ``float32 [H, W, C]``."""
+    image = read_image(path, channels, max_pixels)
     if preprocess is not None:
         image = preprocess(image=image)["image"]
     return image[:, :, None] if image.ndim == 2 else image

@@ -118,7 +118,8 @@ def test_training_checks_stop_on_leakage_and_unreadable_files_unless_allowed(tmp
     copy = tmp_path / "data" / "test" / "NORMAL" / "IM-0800-0001.png"
     copy.write_bytes(Path(rows[0][0]).read_bytes())  # the same bytes in train and test
     module = _pneumonia_datamodule(tmp_path / "data", tmp_path)
-    with pytest.raises(DataError, match=r"^Cross-split leakage: 1 identical file\(s\) .*data.checks.allow_leakage=true"):
+    with pytest.raises(DataError, match=r"^Cross-split leakage: 2 identical files \(1 group\(s\) of the "
+                       r"same bytes\) .*data.checks.allow_leakage=true"):
         check_before_training(module)
     module = _pneumonia_datamodule(tmp_path / "data", tmp_path, "data.checks.allow_leakage=true")
     facts = check_before_training(module)

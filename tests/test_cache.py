@@ -32,9 +32,9 @@ def count_reads(monkeypatch):
     """Count the image files read through the data path."""
     reads = []
 
-    def counting_read_image(path, channels=1):
+    def counting_read_image(path, channels=1, max_pixels=None):
         reads.append(str(path))
-        return read_image(path, channels)
+        return read_image(path, channels, max_pixels)
 
     monkeypatch.setattr(image_dataset, "read_image", counting_read_image)
     return reads
@@ -136,12 +136,45 @@ def test_concurrent_builders_leave_one_complete_cache(tmp_path):
     assert [p.suffix for p in sorted(cache_dir.iterdir())] == [".json", ".lock", ".npy"]
 
 
-def test_a_failed_build_leaves_no_cache_behind(tmp_path, class_folders):
-    (class_folders / "dog" / "broken.png").write_bytes(b"\x89PNG truncated")
-    module = datamodule(tmp_path, class_folders)
-    with pytest.raises(DataError, match="Cannot read image"):
-        module.train_dataloader()
+def test_a_failed_build_leaves_no_cache_behind(tmp_path):
+    """A build that fails half-way (the second image has another size, which one array
+    cannot hold) leaves neither the array nor its index, only the lock file."""
+    write_gray(tmp_path / "a" / "1.png", 10, size=24)
+    write_gray(tmp_path / "a" / "2.png", 10, size=30)
+    paths = sorted(str(p) for p in (tmp_path / "a").iterdir())
+    with pytest.raises(ConfigError):
+        ImageCache.open_or_build(paths, 1, None, tmp_path / "cache", progress=False)
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".lock"]
+
+
+def test_a_file_that_cannot_be_decoded_is_listed_by_the_cache_not_a_failed_build(
+        tmp_path, class_folders):
+    """An undecodable file does not fail the build: the cache is complete and lists it with
+    the reason, the data loader stops with one sentence naming the file and
+    data.checks.skip_unreadable, and with that setting the same cache (not rebuilt) serves
+    the 20 good images."""
+    broken = class_folders / "dog" / "broken.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    module = datamodule(tmp_path, class_folders)
+    with pytest.raises(DataError) as stop:
+        module.train_dataloader()
+    sentence = str(stop.value)
+    assert sentence.startswith(f"Cannot read image {broken} (")
+    assert "set data.checks.skip_unreadable=true" in sentence and "\n" not in sentence
+    [array_file] = cache_files(tmp_path)
+    index = json.loads(array_file.with_suffix(".json").read_text())
+    assert list(index["unreadable"]) == [str(broken)] and len(index["paths"]) == 21
+    built = array_file.stat().st_mtime_ns
+
+    skipping = datamodule(tmp_path, class_folders, "data.checks.skip_unreadable=true")
+    skipping.train_dataloader()
+    assert str(broken) not in set(skipping.manifest["path"]) and len(skipping.manifest) == 20
+    assert skipping.data_checks["skipped_unreadable"][0]["path"] == str(broken)
+    assert cache_files(tmp_path) == [array_file] and array_file.stat().st_mtime_ns == built
+    for path in skipping.manifest["path"]:
+        np.testing.assert_array_equal(
+            skipping.image_cache.image(path),
+            quantise(preprocess_image(path, 1, skipping.pipeline)).astype(np.float32) / 255)
 
 
 def test_images_of_several_sizes_need_a_resize_to_be_cached(tmp_path):

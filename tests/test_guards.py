@@ -171,7 +171,17 @@ def test_identical_files_across_splits_stop_the_job_with_one_sentence(tmp_path, 
     assert "Traceback" not in stderr
     sentence = stderr.strip().splitlines()[-1].removeprefix("Error: ")
     one_sentence(sentence)
-    assert sentence.startswith("Cross-split leakage: 2 identical file(s) are in more than one split")
+    # 5 files in 2 groups (a pair train/test, a triple train/val/test; the pair inside train
+    # is no leakage), and the example is two identical files that really are in two splits
+    example = re.match(r"Cross-split leakage: 5 identical files \(2 group\(s\) of the same bytes\) "
+                       r"are in more than one split \(e\.g\. (\S+) in (\w+) and (\S+) in (\w+)\);",
+                       sentence)
+    assert example, sentence
+    first, first_split, second, second_split = example.groups()
+    assert Path(first).read_bytes() == Path(second).read_bytes() and first != second
+    assert first_split != second_split
+    assert {Path(first).relative_to(root).parts[0], Path(second).relative_to(root).parts[0]} == {
+        first_split, second_split}
     assert "patient" not in sentence
     written = results(tmp_path / "run")
     assert written["status"] == "failed" and written["error"] == sentence

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medrepro.datamodules.audit.file_inspection import TOO_LARGE
+
 LISTED = 25  # entries per section in audit.md (audit.json has them all)
 
 
@@ -29,6 +31,7 @@ def summary_lines(audit: dict) -> list[str]:
     lines = [
         f"{data.get('name', 'data')}: {s['files']} files ({counts})",
         f"unreadable, truncated, zero-byte or non-image files: {s['problem_files']}",
+        *_bomb_lines(audit),
         (f"exact duplicate groups: {s['exact_duplicate_groups']} "
         f"({s['exact_duplicate_groups_across_splits']} across splits)"),
     ]
@@ -58,6 +61,17 @@ def summary_lines(audit: dict) -> list[str]:
     if data.get("split_error"):
         lines.append(f"split not made: {data['split_error']}")
     return lines
+
+
+def _bomb_lines(audit: dict) -> list[str]:
+    """A line naming the images refused as possible decompression bombs, and the setting
+    that allows them, when there are any."""
+    bombs = audit["summary"].get("possible_decompression_bombs")
+    if not bombs:
+        return []
+    first = next(p for p in audit["problems"] if p["problem"] == TOO_LARGE)
+    return [(f"possible decompression bombs: {bombs}, e.g. {first['path']} ({first['detail']}); "
+             "set data.checks.max_image_pixels higher if they are genuine images")]
 
 
 def markdown(audit: dict) -> str:

@@ -3,7 +3,9 @@
 From the split manifest (path, label, patient_id, split; ``unused`` rows included) it finds:
 
 * images per split and class;
-* zero-byte, non-image, truncated and unreadable files (:mod:`medrepro.datamodules.audit.file_inspection`);
+* zero-byte, non-image, truncated and unreadable files, and images of more pixels than
+  ``data.checks.max_image_pixels`` (possible decompression bombs)
+  (:mod:`medrepro.datamodules.audit.file_inspection`);
 * exact duplicates (same SHA-256 of the bytes) and near duplicates (perceptual hashes at
   most ``near_distance`` bits apart), each flagged when it spans two of train/val/test
   (leakage) or two classes (a labelling conflict);
@@ -27,45 +29,76 @@ import pandas as pd
 
 from medrepro.core.records import SPLITS
 from medrepro.datamodules.audit.file_facts_store import FileFactsStore, file_key
-from medrepro.datamodules.audit.file_inspection import inspect_file
+from medrepro.datamodules.audit.file_inspection import (
+    TOO_LARGE,
+    FileFacts,
+    inspect_file,
+    size_problem,
+)
 from medrepro.datamodules.audit.perceptual_hash import near_duplicate_pairs
 from medrepro.datamodules.sources.published_layout import IGNORED_FOLDERS
 from medrepro.datamodules.splitting.split import UNUSED
+from medrepro.datamodules.transforms.image_reader import DEFAULT_MAX_IMAGE_PIXELS
 
 NEAR_DISTANCE = 4
 
 
 def inspect_manifest(
     manifest: pd.DataFrame, quick: bool, workers: int | None = None,
-    store_dir: str | Path | None = None,
+    store_dir: str | Path | None = None, max_pixels: int | None = None,
 ) -> pd.DataFrame:
     """The manifest with one column per :class:`FileFacts` field, in the same row order.
 
     With ``store_dir`` (quick inspections only), facts of unchanged files are taken from
-    the :class:`FileFactsStore` there instead of reading the files again."""
+    the :class:`FileFactsStore` there instead of reading the files again. Images of more
+    than ``max_pixels`` pixels get the problem ``possible decompression bomb``."""
     workers = workers or min(8, os.cpu_count() or 1)
+    max_pixels = int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS)
     paths = manifest["path"].tolist()
     store = FileFactsStore(store_dir) if quick and store_dir else None
     keys = [file_key(p) for p in paths] if store else []
     known = store.facts if store else {}
     missing = [p for p, k in zip(paths, keys) if k not in known] if store else paths
+
+    def inspect(path: str) -> dict:
+        return inspect_file(path, quick=quick, max_pixels=max_pixels).as_dict()
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        found = dict(zip(missing, pool.map(lambda p: inspect_file(p, quick=quick).as_dict(), missing)))
+        found = dict(zip(missing, pool.map(inspect, missing)))
     if store:
-        if missing:
-            store.facts.update((k, found[p]) for p, k in zip(paths, keys) if p in found)
-            store.save()
-        rows = [store.facts[k] for k in keys]
+        remembered = {k: found[p] for p, k in zip(paths, keys)
+                      if p in found and found[p]["problem"] != TOO_LARGE}  # depends on the limit
+        if remembered:
+            store.facts.update(remembered)
+            store.save()  # skipped where the folder cannot be written
+        rows = [found[p] if p in found else dict(store.facts[k]) for p, k in zip(paths, keys)]
+        rows = [_with_size_check(row, max_pixels) for row in rows]  # facts remembered under another limit
     else:
         rows = [found[p] for p in paths]
     columns = pd.DataFrame(rows, index=manifest.index).drop(columns="path")
     return pd.concat([manifest, columns], axis=1)
 
 
+def _with_size_check(row: dict, max_pixels: int) -> dict:
+    facts = FileFacts(**row)
+    size_problem(facts, max_pixels)
+    return facts.as_dict()
+
+
 def file_problems(table: pd.DataFrame) -> list[dict]:
+    """Every file with a problem: path, label, split, problem, detail, and for an image
+    too large to read (:data:`TOO_LARGE`) its ``size`` (``[width, height]``) where the
+    header said it."""
     bad = table[table["problem"].notna()]
     return [_file_entry(row) | {"problem": row["problem"], "detail": row["detail"]}
+            | ({"size": _size(row)} if row["problem"] == TOO_LARGE else {})
             for _, row in bad.iterrows()]
+
+
+def _size(row: pd.Series) -> list[int] | None:
+    width, height = row.get("width"), row.get("height")
+    known = all(pd.notna(v) and v for v in (width, height))
+    return [int(width), int(height)] if known else None
 
 
 def exact_duplicates(table: pd.DataFrame) -> list[dict]:
@@ -167,9 +200,12 @@ def audit_data(
     quick: bool = False,
     near_distance: int = NEAR_DISTANCE,
     workers: int | None = None,
+    max_pixels: int | None = None,
 ) -> dict:
-    """The whole audit as a JSON-ready dict (see the module docstring)."""
-    table = inspect_manifest(manifest, quick=quick, workers=workers)
+    """The whole audit as a JSON-ready dict (see the module docstring); images of more
+    than ``max_pixels`` pixels are reported as possible decompression bombs."""
+    max_pixels = int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS)
+    table = inspect_manifest(manifest, quick=quick, workers=workers, max_pixels=max_pixels)
     exact = exact_duplicates(table)
     near = [] if quick else near_duplicates(table, near_distance)
     patients = patients_in_several_splits(manifest)
@@ -178,6 +214,7 @@ def audit_data(
         "files": len(table),
         "counts": split_class_counts(manifest),
         "problems": problems,
+        "max_image_pixels": max_pixels,
         "exact_duplicates": exact,
         "near_duplicates": near,
         "near_duplicate_max_distance": None if quick else near_distance,
@@ -189,6 +226,7 @@ def audit_data(
     result["summary"] = {
         "files": len(table),
         "problem_files": len(problems),
+        "possible_decompression_bombs": sum(p["problem"] == TOO_LARGE for p in problems),
         "exact_duplicate_groups": len(exact),
         "exact_duplicate_groups_across_splits": sum(g["cross_split"] for g in exact),
         "near_duplicate_pairs": None if quick else len(near),

@@ -1,18 +1,23 @@
 """Remember the quick audit facts of each file between runs.
 
-The check before training hashes every file of the split. A sweep trains many jobs on the
-same files, so the facts are kept in one JSON file (in the image cache folder), keyed by
-path, size and modification time: a job re-reads only the files that are new or changed.
+The check before training hashes every file of the split, and decodes it once when there
+is no image cache. A sweep trains many jobs on the same files, so the facts are kept in one
+JSON file (in the image cache folder), keyed by path, size and modification time: a job
+re-reads only the files that are new or changed. The store is an optimisation: where its
+folder cannot be written (``data.cache.enabled=false`` with a read-only ``data.cache.dir``),
+nothing is remembered and every run reads the files again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from medrepro.core.run_folder import write_atomic
 
+log = logging.getLogger(__name__)
 FILENAME = "file_facts.json"
 VERSION = 1
 
@@ -27,20 +32,32 @@ def file_key(path: str) -> str:
 
 
 class FileFactsStore:
-    """Facts (``FileFacts.as_dict()``) by :func:`file_key`, loaded from and saved to
-    ``folder/file_facts.json``; a missing or unreadable store is simply empty."""
+    """Facts (``FileFacts.as_dict()``) by :func:`file_key`, and the keys of files that
+    decoded (``decoded``), loaded from and saved to ``folder/file_facts.json``; a missing or
+    unreadable store is simply empty."""
 
     def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / FILENAME
         self.facts: dict[str, dict] = {}
+        self.decoded: set[str] = set()
         try:
             stored = json.loads(self.path.read_text())
             if stored.get("version") == VERSION:
                 self.facts = stored["facts"]
-        except (OSError, ValueError, KeyError, AttributeError):
-            self.facts = {}
+                self.decoded = set(stored.get("decoded", []))
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            self.facts, self.decoded = {}, set()
 
-    def save(self) -> None:
+    def save(self) -> bool:
         """Write atomically (temporary file, then rename): concurrent jobs never see half a
-        file; the last writer wins, which is harmless since facts depend only on the file."""
-        write_atomic(self.path, json.dumps({"version": VERSION, "facts": self.facts}))
+        file; the last writer wins, which is harmless since facts depend only on the file.
+        A folder that cannot be written is skipped (logged); returns whether it was saved."""
+        text = json.dumps({"version": VERSION, "facts": self.facts,
+                           "decoded": sorted(self.decoded)})
+        try:
+            write_atomic(self.path, text)
+        except OSError as error:
+            log.info("Not remembering the file checks in %s (%s); the next run checks the "
+                     "files again.", self.path.parent, error)
+            return False
+        return True

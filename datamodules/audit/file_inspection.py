@@ -3,9 +3,10 @@
 Two depths:
 
 * ``quick`` (run before every training): the file's bytes are hashed (exact duplicates),
-  its header is parsed (format, mode, size, bit depth) and JPEG and PNG files are checked
-  for their end marker (truncation). No pixel is decoded, so it takes about as long as
-  reading the files once.
+  its header is parsed (format, mode, size, bit depth), an image of more pixels than
+  ``max_pixels`` is marked a possible decompression bomb, and JPEG and PNG files are
+  checked for their end marker (truncation). No pixel is decoded, so it takes about as
+  long as reading the files once.
 * full (``python audit.py``): the image is also decoded with the training reader, which
   finds every file training would fail on, and its perceptual hash is computed (near
   duplicates).
@@ -20,14 +21,22 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from medrepro.core.errors import DataError
 from medrepro.datamodules.audit.perceptual_hash import perceptual_hash
-from medrepro.datamodules.transforms.image_reader import DICOM_EXTENSIONS, read_image
+from medrepro.datamodules.transforms.image_reader import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DICOM_EXTENSIONS,
+    ImageTooLarge,
+    UnreadableImage,
+    allow_pixels,
+    pixels_in_bomb_error,
+    read_image,
+)
 
 ZERO_BYTES = "zero-byte file"
 TRUNCATED = "truncated"
 NOT_AN_IMAGE = "not an image"
 UNREADABLE = "unreadable"
+TOO_LARGE = "possible decompression bomb"
 BITS_PER_MODE = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
                  "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 JPEG_END = b"\xff\xd9"
@@ -54,8 +63,12 @@ class FileFacts:
         return asdict(self)
 
 
-def inspect_file(path: str | Path, quick: bool = True) -> FileFacts:
-    """Facts about ``path``; the full inspection (``quick=False``) decodes the image."""
+def inspect_file(path: str | Path, quick: bool = True, max_pixels: int | None = None) -> FileFacts:
+    """Facts about ``path``; the full inspection (``quick=False``) decodes the image.
+    Images of more than ``max_pixels`` pixels (default
+    :data:`~medrepro.datamodules.transforms.image_reader.DEFAULT_MAX_IMAGE_PIXELS`) get the
+    problem :data:`TOO_LARGE` and are not decoded."""
+    max_pixels = int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS)
     facts = FileFacts(str(path))
     try:
         data = Path(path).read_bytes()
@@ -66,19 +79,40 @@ def inspect_file(path: str | Path, quick: bool = True) -> FileFacts:
         return _with_problem(facts, ZERO_BYTES, "the file is empty")
     facts.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        _read_header(facts, data)
+        _read_header(facts, data, max_pixels)
+    except Image.DecompressionBombError as error:  # more than twice Pillow's guard
+        too_large = ImageTooLarge(path, max_pixels, pixels=pixels_in_bomb_error(error))
+        return _with_problem(facts, TOO_LARGE, too_large.reason)
     except Exception as error:  # noqa: BLE001  (any parser failure: not an image)
         return _with_problem(facts, NOT_AN_IMAGE, f"{type(error).__name__}: {error}")
+    if size_problem(facts, max_pixels):
+        return facts
     if _is_truncated(facts.format, data):
         return _with_problem(facts, TRUNCATED, f"{facts.format} file without its end marker")
     if not quick:
         try:
-            facts.phash = perceptual_hash(read_image(path, channels=1)[:, :, 0])
-        except DataError as error:
-            message = str(error)
-            kind = TRUNCATED if "truncated" in message else UNREADABLE
-            return _with_problem(facts, kind, message)
+            facts.phash = perceptual_hash(read_image(path, 1, max_pixels)[:, :, 0])
+        except UnreadableImage as error:
+            return _with_problem(facts, decoding_problem(error.reason), error.reason)
     return facts
+
+
+def size_problem(facts: FileFacts, max_pixels: int) -> bool:
+    """Mark ``facts`` (of a file without another problem) :data:`TOO_LARGE` when its header
+    size exceeds ``max_pixels``; whether it did."""
+    size = (facts.width, facts.height)
+    if facts.problem is not None or not all(size) or size[0] * size[1] <= max_pixels:
+        return False
+    _with_problem(facts, TOO_LARGE, ImageTooLarge(facts.path, max_pixels, size=size).reason)
+    return True
+
+
+def decoding_problem(reason: str) -> str:
+    """The audit's problem for a file the reader could not decode, from the reason
+    (:attr:`UnreadableImage.reason`)."""
+    if reason.startswith(TOO_LARGE):
+        return TOO_LARGE
+    return TRUNCATED if "truncated" in reason else UNREADABLE
 
 
 def _with_problem(facts: FileFacts, problem: str, detail: str) -> FileFacts:
@@ -86,10 +120,11 @@ def _with_problem(facts: FileFacts, problem: str, detail: str) -> FileFacts:
     return facts
 
 
-def _read_header(facts: FileFacts, data: bytes) -> None:
+def _read_header(facts: FileFacts, data: bytes, max_pixels: int) -> None:
     if Path(facts.path).suffix.lower() in DICOM_EXTENSIONS:
         _read_dicom_header(facts, data)
         return
+    allow_pixels(max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as image:
             facts.format, facts.mode = image.format, image.mode

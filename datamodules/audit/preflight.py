@@ -1,22 +1,30 @@
-"""The quick part of the data audit that every training run does before fitting.
+"""The checks that every training run does before fitting.
 
-It reads every train/val/test file once (no decoding; unchanged files are remembered in the
-cache folder, so the jobs of a sweep read them once) and stops the run with one
-sentence when
+Cheap checks come first: the quick part of the data audit reads every train/val/test file
+once without decoding it (unchanged files are remembered in the cache folder, so the jobs
+of a sweep read them once). Then every file is decoded once: by building the image cache
+(``data.cache.enabled=true``), or by a decoding pass (remembered the same way). The run
+stops with one sentence when
 
-* a file is zero bytes, not an image or truncated, unless ``data.checks.skip_unreadable=true``
-  (those files are then left out, marked ``skipped`` in split.csv);
-* the same bytes are in two of train/val/test, or a patient has images in two of them
-  although ``data.split.group_by_patient=true``, unless ``data.checks.allow_leakage=true``.
+* a file is zero bytes, not an image, truncated, larger than
+  ``data.checks.max_image_pixels`` (a possible decompression bomb) or cannot be decoded,
+  unless ``data.checks.skip_unreadable=true`` (those files are then left out of the split,
+  listed in results.json, and the log says how many);
+* the same bytes are in two of train/val/test, the same bytes carry two labels within one
+  split, or a patient has images in two splits although
+  ``data.split.group_by_patient=true``, unless ``data.checks.allow_leakage=true``.
 
 With ``group_by_patient=false`` (the papers' image-level split) patients in several
 splits are the user's explicit choice: they are counted, not stopped. What was skipped
-or allowed, and whether patient leakage was possible, goes to results.json (``data``).
+or allowed, and whether patient leakage was possible, goes to results.json (``data``,
+through the data module's ``data_facts()``).
 """
 
 from __future__ import annotations
 
 import logging
+
+import pandas as pd
 
 from medrepro.core.errors import DataError
 from medrepro.core.records import SPLITS
@@ -27,45 +35,37 @@ from medrepro.datamodules.audit.data_audit import (
     patient_ids_known,
     patients_in_several_splits,
 )
+from medrepro.datamodules.audit.decoding_check import undecodable_files
+from medrepro.datamodules.audit.file_inspection import TOO_LARGE, UNREADABLE, decoding_problem
+from medrepro.datamodules.transforms.image_reader import (
+    ImageTooLarge,
+    pixels_in_bomb_error,
+    too_large_sentence,
+)
 
 log = logging.getLogger(__name__)
 AUDIT_HINT = "python audit.py data=<the same data options>"
+SKIP_SETTING = "data.checks.skip_unreadable=true"
 
 
 def check_before_training(datamodule) -> dict:
     """Run the checks on ``datamodule.manifest`` (after ``setup``); return the facts for
     results.json and store them as ``datamodule.data_checks``."""
-    manifest = datamodule.manifest
-    used = manifest[manifest["split"].isin(SPLITS)]
-    table = inspect_manifest(used, quick=True, store_dir=datamodule.cache.dir)
+    limit = datamodule.checks.pixel_limit
+    table = inspect_manifest(_used(datamodule.manifest), quick=True,
+                             store_dir=datamodule.cache.dir, max_pixels=limit)
     checks: dict = {}
 
-    problems = file_problems(table)
-    if problems:
-        if not datamodule.checks.skip_unreadable:
-            raise DataError(_unreadable_sentence(problems))
-        log.warning("leaving out %d unreadable file(s) (data.checks.skip_unreadable=true)", len(problems))
-        datamodule.exclude([p["path"] for p in problems])
-        checks["skipped_unreadable"] = problems
-        table = table[table["problem"].isna()]
+    skipped = _leave_out(datamodule, file_problems(table), limit)
+    table = table[table["problem"].isna()]
+    checks.update(_leakage(datamodule, table))
+    skipped += _leave_out(datamodule, _decoding_problems(datamodule, limit), limit)
+    if skipped:
+        log.warning("Skipped %d unreadable file(s) (%s); results.json lists them under "
+                    "data.skipped_unreadable.", len(skipped), SKIP_SETTING)
+        checks["skipped_unreadable"] = skipped
 
-    duplicates = [g for g in exact_duplicates(table) if g["cross_split"]]
     patients = patients_in_several_splits(datamodule.manifest)
-    grouped = bool(datamodule.split_settings.get("group_by_patient", False))
-    leaks = {}
-    if duplicates:
-        leaks["identical_files_across_splits"] = duplicates
-    if patients and grouped:
-        leaks["patients_in_several_splits"] = patients
-    if leaks:
-        if not datamodule.checks.allow_leakage:
-            raise DataError(_leakage_sentence(duplicates, patients if grouped else []))
-        log.warning("training despite cross-split leakage (data.checks.allow_leakage=true)")
-        checks["allowed_leakage"] = leaks
-    if patients and not grouped:
-        log.warning("%d patients have images in more than one split (image-level split)",
-                    len(patients))
-
     known = patient_ids_known(datamodule.manifest)
     checks["patients_in_several_splits"] = len(patients) if known else None
     checks["patient_leakage_possible"] = True if patients else (False if known else None)
@@ -73,28 +73,112 @@ def check_before_training(datamodule) -> dict:
     return checks
 
 
-def _unreadable_sentence(problems: list[dict]) -> str:
-    first = problems[0]
-    what = (
-        f"Cannot read image {first['path']} ({first['problem']})"
-        if len(problems) == 1
-        else f"Cannot read {len(problems)} images, e.g. {first['path']} ({first['problem']})"
-    )
+def unreadable_sentence(problems: list[dict], max_pixels: int) -> str:
+    """One sentence: which file(s) cannot be read, why, and what to do (a possible
+    decompression bomb is named as such, with the setting that allows large images)."""
+    bombs = [p for p in problems if p["problem"] == TOO_LARGE]
+    first = bombs[0] if bombs else problems[0]
     it = "it" if len(problems) == 1 else "them"
-    return (
-        f"{what}; replace or delete {it} ({AUDIT_HINT} lists every such file), or set "
-        f"data.checks.skip_unreadable=true to train without {it}."
+    skip = f"set {SKIP_SETTING} to train without {it}"
+    if bombs:
+        others = len(problems) - 1
+        also = (f" ({others} other file(s) cannot be read either; {AUDIT_HINT} lists them)"
+                if others else "")
+        size = first.get("size")
+        error = ImageTooLarge(first["path"], max_pixels, size=tuple(size) if size else None,
+                              pixels=pixels_in_bomb_error(first["detail"]))
+        return too_large_sentence(first["path"], error, f"delete {it} or {skip}", also)
+    why = first["problem"]
+    if why == UNREADABLE:  # the decoder's reason says more
+        why = f"{why}: {first['detail']}"
+    what = (
+        f"Cannot read image {first['path']} ({why})"
+        if len(problems) == 1
+        else f"Cannot read {len(problems)} images, e.g. {first['path']} ({why})"
     )
+    return f"{what}; replace or delete {it} ({AUDIT_HINT} lists every such file), or {skip}."
 
 
-def _leakage_sentence(duplicates: list[dict], patients: list[dict]) -> str:
+def _used(manifest: pd.DataFrame) -> pd.DataFrame:
+    return manifest[manifest["split"].isin(SPLITS)]
+
+
+def _leave_out(datamodule, problems: list[dict], max_pixels: int) -> list[dict]:
+    """Stop on ``problems`` (one sentence), or, with skip_unreadable, leave their files out
+    of the split and return them."""
+    if not problems:
+        return []
+    if not datamodule.checks.skip_unreadable:
+        raise DataError(unreadable_sentence(problems, max_pixels))
+    datamodule.exclude([p["path"] for p in problems])
+    return problems
+
+
+def _decoding_problems(datamodule, max_pixels: int) -> list[dict]:
+    """Decode every train/val/test file once: the cache build with the cache on, else a
+    decoding pass; the files that could not be decoded, as audit problems."""
+    used = _used(datamodule.manifest)
+    if datamodule.cache.enabled:
+        reasons = datamodule.open_cache().unreadable
+    else:
+        errors = undecodable_files(used["path"].tolist(), max_pixels, datamodule.cache.dir)
+        reasons = {path: error.reason for path, error in errors.items()}
+    return as_problems(used, reasons)
+
+
+def as_problems(manifest: pd.DataFrame, reasons: dict[str, str]) -> list[dict]:
+    """The rows of ``manifest`` whose files could not be decoded (``reasons``: path ->
+    reason), as audit problems (path, label, split, problem, detail), in manifest order."""
+    return [
+        {"path": row.path, "label": row.label, "split": row.split,
+         "problem": decoding_problem(reasons[row.path]), "detail": reasons[row.path]}
+        for row in manifest.itertuples() if row.path in reasons
+    ]
+
+
+def _leakage(datamodule, table: pd.DataFrame) -> dict:
+    """Stop on cross-split leakage and on identical files under two labels in one split
+    (one sentence), unless allowed; return what was allowed (``allowed_leakage``)."""
+    groups = exact_duplicates(table)
+    duplicates = [g for g in groups if g["cross_split"]]
+    conflicts = [g for g in groups if g["labels_differ"] and not g["cross_split"]]
+    patients = patients_in_several_splits(datamodule.manifest)
+    grouped = bool(datamodule.split_settings.get("group_by_patient", False))
+    leaks = {}
+    if duplicates:
+        leaks["identical_files_across_splits"] = duplicates
+    if conflicts:
+        leaks["identical_files_with_different_labels"] = conflicts
+    if patients and grouped:
+        leaks["patients_in_several_splits"] = patients
+    if patients and not grouped:
+        log.warning("%d patients have images in more than one split (image-level split)",
+                    len(patients))
+    if not leaks:
+        return {}
+    if not datamodule.checks.allow_leakage:
+        raise DataError(leakage_sentence(duplicates, conflicts, patients if grouped else []))
+    log.warning("Training despite leakage or conflicting labels (data.checks.allow_leakage=true)")
+    return {"allowed_leakage": leaks}
+
+
+def leakage_sentence(duplicates: list[dict], conflicts: list[dict], patients: list[dict]) -> str:
+    """One sentence: how many files and groups of identical files are in several splits or
+    under several labels, how many patients are in several splits, an example of each
+    (two files that really are in two splits, or under two labels), and what to do."""
     parts = []
     if duplicates:
-        files = duplicates[0]["files"]
+        a, b = _differing_pair(duplicates[0]["files"], "split")
         parts.append(
-            f"{len(duplicates)} identical file(s) are in more than one split "
-            f"(e.g. {files[0]['path']} in {files[0]['split']} and {files[1]['path']} "
-            f"in {files[1]['split']})"
+            f"{_files_in_groups(duplicates)} are in more than one split "
+            f"(e.g. {a['path']} in {a['split']} and {b['path']} in {b['split']})"
+        )
+    if conflicts:
+        a, b = _differing_pair(conflicts[0]["files"], "label")
+        parts.append(
+            f"{_files_in_groups(conflicts)} have different labels in the same split "
+            f"(e.g. {a['path']} labelled {a['label']} and {b['path']} labelled {b['label']}, "
+            f"both in {a['split']})"
         )
     if patients:
         example = patients[0]
@@ -102,7 +186,21 @@ def _leakage_sentence(duplicates: list[dict], patients: list[dict]) -> str:
             f"{len(patients)} patient(s) have images in more than one split (e.g. "
             f"{example['patient_id']} in {', '.join(example['images_per_split'])})"
         )
+    kind = " and ".join(k for k, found in (("Cross-split leakage", duplicates or patients),
+                                           ("conflicting labels", conflicts)) if found)
+    fix = "remove or relabel the duplicates" if conflicts else "remove the duplicates"
     return (
-        f"Cross-split leakage: {' and '.join(parts)}; remove the duplicates or change the "
-        f"split ({AUDIT_HINT} lists them all), or set data.checks.allow_leakage=true to train anyway."
+        f"{kind[0].upper()}{kind[1:]}: {' and '.join(parts)}; {fix} or change the split "
+        f"({AUDIT_HINT} lists them all), or set data.checks.allow_leakage=true to train anyway."
     )
+
+
+def _files_in_groups(groups: list[dict]) -> str:
+    files = sum(len(g["files"]) for g in groups)
+    return f"{files} identical files ({len(groups)} group(s) of the same bytes)"
+
+
+def _differing_pair(files: list[dict], key: str) -> tuple[dict, dict]:
+    """The first file and the first other file whose ``key`` (split or label) differs."""
+    first = files[0]
+    return first, next(f for f in files[1:] if f[key] != first[key])

@@ -12,11 +12,21 @@ the image files.
   would from an 8-bit export; set ``data.cache.enabled=false`` to train on the full 16-bit range.
 * **Key:** a hash of the file list (absolute paths, sizes, modification times), the
   channels, the pre-processing pipeline (``albumentations.to_dict``, parameters included),
-  the library versions that compute it and the source of :mod:`medrepro.datamodules.transforms.image_reader`. A changed, added or removed file, or any
-  changed pre-processing setting gives a new key, hence a new cache; old caches stay
-  until you delete the folder.
+  ``data.checks.max_image_pixels`` (which files count as unreadable), the library versions
+  that compute it and the source of :mod:`medrepro.datamodules.transforms.image_reader`.
+  A changed, added or removed file, or any changed pre-processing setting gives a new key,
+  hence a new cache; old caches stay until you delete the folder.
 * **Files:** ``<cache_dir>/<key>.npy`` (``[N, H, W, C]`` uint8) and ``<key>.json`` (the
-  paths in row order, written last: its presence marks a complete cache).
+  paths in row order and the files that could not be decoded, with the reason, written
+  last: its presence marks a complete cache).
+* **Unreadable files:** a file that cannot be decoded does not stop the build: its row
+  stays black and the index lists it under ``unreadable``, so the check before training
+  (:mod:`medrepro.datamodules.audit.preflight`) finds every such file in one pass and
+  later runs know them without decoding anything; reading such a row raises the file's
+  :class:`~medrepro.datamodules.transforms.image_reader.UnreadableImage`.
+* **Random state:** the build's DataLoader has its own ``torch.Generator``, so building
+  the cache leaves the global random state (weight initialisation, shuffling) as it was:
+  the run that builds the cache and the runs that read it train alike.
 * **Concurrency:** a builder writes to a temporary file in the same folder and renames it
   into place (``os.replace``, atomic), so a reader never sees a half-written cache; on
   POSIX an advisory lock makes concurrent jobs of a sweep wait for the first builder
@@ -47,22 +57,26 @@ from tqdm.auto import tqdm
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.datamodules.image_dataset import preprocess_image
 from medrepro.datamodules.transforms import image_reader
+from medrepro.datamodules.transforms.image_reader import UnreadableImage
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 class ImageCache:
     """Pre-processed images of ``paths`` as one read-only ``uint8`` memory map.
 
     Use :meth:`open_or_build`. ``image(path)`` returns the cached image as ``float32
-    [H, W, C]`` in ``[0, 1]``. The memory map is opened lazily in each process, so a
-    cache travels to DataLoader workers as a file name, not as a copy of its pixels.
+    [H, W, C]`` in ``[0, 1]``. ``unreadable`` maps the files that could not be decoded to
+    the reason. The memory map is opened lazily in each process, so a cache travels to
+    DataLoader workers as a file name, not as a copy of its pixels.
     """
 
-    def __init__(self, array_path: Path, paths: Sequence[str]) -> None:
+    def __init__(self, array_path: Path, paths: Sequence[str],
+                 unreadable: dict[str, str] | None = None) -> None:
         self.array_path = Path(array_path)
         self.rows = {path: row for row, path in enumerate(paths)}
+        self.unreadable = dict(unreadable or {})
         self._array: np.ndarray | None = None
 
     @property
@@ -72,12 +86,15 @@ class ImageCache:
         return self._array
 
     def __len__(self) -> int:
-        return len(self.rows)
+        """The number of images cached (files that could not be decoded not counted)."""
+        return len(self.rows) - len(self.unreadable)
 
     def __contains__(self, path: str) -> bool:
         return path in self.rows
 
     def image(self, path: str) -> np.ndarray:
+        if path in self.unreadable:
+            raise UnreadableImage(path, self.unreadable[path])
         return self.array[self.rows[path]].astype(np.float32) / np.float32(255)
 
     def __getstate__(self) -> dict:
@@ -92,12 +109,15 @@ class ImageCache:
         cache_dir: str | Path,
         num_workers: int = 0,
         progress: bool | None = None,
+        max_pixels: int | None = None,
     ) -> ImageCache:
         """The cache of ``paths`` pre-processed by ``preprocess``: opened when a complete
-        one with the same key exists in ``cache_dir``, else built there first."""
+        one with the same key exists in ``cache_dir``, else built there first. Images of
+        more than ``max_pixels`` pixels count as unreadable (possible decompression bombs)."""
         paths = sorted({str(p) for p in paths})  # the same images in any order: one cache
         cache_dir = Path(cache_dir).expanduser()
-        key = cache_key(paths, channels, preprocess)
+        max_pixels = int(max_pixels or image_reader.DEFAULT_MAX_IMAGE_PIXELS)
+        key = cache_key(paths, channels, preprocess, max_pixels)
         array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
         if not index_path.is_file():
             try:
@@ -109,14 +129,35 @@ class ImageCache:
                 ) from error
             with _builder_lock(cache_dir / f"{key}.lock"):
                 if not index_path.is_file():  # another job may have built it while we waited
-                    _build(paths, channels, preprocess, array_path, index_path, num_workers,
-                           progress)
+                    _build(_PreprocessedBytes(paths, channels, preprocess, max_pixels),
+                           array_path, index_path, num_workers, progress)
         else:
             log.info("Reading pre-processed images from the cache %s", array_path)
-        return cls(array_path, json.loads(index_path.read_text())["paths"])
+        index = json.loads(index_path.read_text())
+        return cls(array_path, index["paths"], index.get("unreadable"))
 
 
-def cache_key(paths: Sequence[str], channels: int, preprocess: Callable | None) -> str:
+def ensure_writable_folder(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it; a
+    :class:`ConfigError` naming it and ``data.cache.dir`` when not. Cheap: one empty file
+    is created and removed."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".writable.", dir=folder)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise ConfigError(
+            f"The image cache folder {folder} cannot be written ({error.strerror or error}); "
+            "set data.cache.dir to a writable folder, or data.cache.enabled=false to train "
+            "without the cache."
+        ) from error
+    return folder
+
+
+def cache_key(paths: Sequence[str], channels: int, preprocess: Callable | None,
+              max_pixels: int = image_reader.DEFAULT_MAX_IMAGE_PIXELS) -> str:
     """Hex digest naming the cache of ``paths`` (see the module docstring)."""
     import cv2
 
@@ -132,6 +173,7 @@ def cache_key(paths: Sequence[str], channels: int, preprocess: Callable | None) 
         "format": CACHE_FORMAT,
         "channels": int(channels),
         "preprocess": describe_preprocess(preprocess),
+        "max_image_pixels": int(max_pixels),  # which files count as unreadable
         "versions": {"albumentations": A.__version__, "opencv": cv2.__version__,
                      "numpy": np.__version__, "torch": torch.__version__.split("+")[0],
                      "image_reader": _source_digest(image_reader)},
@@ -161,16 +203,23 @@ def describe_preprocess(preprocess: Callable | None):
 
 class _PreprocessedBytes(Dataset):
     """Pre-processed images as ``uint8`` arrays (quantised where they are computed, so
-    DataLoader workers pass a quarter of the bytes)."""
+    DataLoader workers pass a quarter of the bytes), or, for a file that cannot be decoded,
+    the reason (a ``str``)."""
 
-    def __init__(self, paths: Sequence[str], channels: int, preprocess: Callable | None) -> None:
+    def __init__(self, paths: Sequence[str], channels: int, preprocess: Callable | None,
+                 max_pixels: int) -> None:
         self.paths, self.channels, self.preprocess = list(paths), channels, preprocess
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        image = preprocess_image(self.paths[index], self.channels, self.preprocess)
+    def __getitem__(self, index: int) -> np.ndarray | str:
+        try:
+            image = preprocess_image(self.paths[index], self.channels, self.preprocess,
+                                     self.max_pixels)
+        except UnreadableImage as error:
+            return error.reason
         return quantise(image)
 
 
@@ -179,17 +228,23 @@ def quantise(image: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _build(paths, channels, preprocess, array_path: Path, index_path: Path, num_workers: int,
+def _build(images: _PreprocessedBytes, array_path: Path, index_path: Path, num_workers: int,
            progress: bool | None) -> None:
+    paths = images.paths
     log.info("Building the image cache %s (%d images, once)", array_path, len(paths))
-    loader = DataLoader(_PreprocessedBytes(paths, channels, preprocess), batch_size=None,
-                        num_workers=num_workers, collate_fn=_identity)
+    # its own generator: iterating a DataLoader draws a seed from the global torch state
+    loader = DataLoader(images, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                        generator=torch.Generator())
     temporary = _temporary_path(array_path)
+    unreadable: dict[str, str] = {}
     try:
         array = None
         bar = tqdm(loader, total=len(paths), desc="caching images", unit="img",
                    disable=None if progress is None else not progress)
         for row, image in enumerate(bar):
+            if isinstance(image, str):
+                unreadable[paths[row]] = image  # its row stays black
+                continue
             if array is None:
                 array = np.lib.format.open_memmap(
                     temporary, mode="w+", dtype=np.uint8, shape=(len(paths), *image.shape))
@@ -201,11 +256,20 @@ def _build(paths, channels, preprocess, array_path: Path, index_path: Path, num_
                 )
             array[row] = image
         if array is None:
+            if unreadable:
+                path, reason = next(iter(unreadable.items()))
+                raise UnreadableImage(path, reason, (
+                    f"None of the {len(paths)} images can be read, e.g. {path} ({reason}); "
+                    "check data.root (`python audit.py` lists every unreadable file)."))
             raise DataError("There are no images to cache.")
         array.flush()
         del array
         os.replace(temporary, array_path)
-        _write_atomically(index_path, json.dumps({"format": CACHE_FORMAT, "paths": list(paths)}))
+        if unreadable:
+            log.warning("%d file(s) could not be decoded; the image cache lists them",
+                        len(unreadable))
+        _write_atomically(index_path, json.dumps(
+            {"format": CACHE_FORMAT, "paths": list(paths), "unreadable": unreadable}))
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)

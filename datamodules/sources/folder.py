@@ -10,6 +10,10 @@ Images may sit in sub-folders of a class folder. Hidden files and folders and ma
 archive debris (``__MACOSX``) are ignored. A patient id is parsed from each file name
 with ``patient_id_regex`` (first capturing group, or the whole match); files it does not
 match are their own patient.
+
+With ``class_names``, a folder of images beside the named class folders is not dropped
+silently: ``other_folders="stop"`` (``data=folder``) stops with one sentence naming it,
+``"warn"`` (the published data sets, whose archives hold other folders) logs it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from medrepro.datamodules.transforms.image_reader import IMAGE_EXTENSIONS, is_im
 log = logging.getLogger(__name__)
 LAYOUTS = ("auto", "class_folders", "split_folders")
 IGNORED_FOLDERS = ("__MACOSX",)
+OTHER_FOLDERS = ("stop", "warn")
 
 
 class FolderSource:
@@ -36,9 +41,13 @@ class FolderSource:
         layout: str = "auto",
         class_names: list[str] | None = None,
         patient_id_regex: str | None = None,
+        other_folders: str = "stop",
     ) -> None:
         if layout not in LAYOUTS:
             raise DataError(f"data.layout must be one of {', '.join(LAYOUTS)}, not '{layout}'.")
+        if other_folders not in OTHER_FOLDERS:
+            raise ValueError(f"other_folders must be one of {OTHER_FOLDERS}, not {other_folders!r}")
+        self.other_folders = other_folders
         self.root = Path(root).expanduser()
         self.layout = layout
         self.class_names = list(class_names) if class_names else None
@@ -86,6 +95,7 @@ class FolderSource:
                 f"Only {len(names)} class folder ({', '.join(names) or 'none'}) found in {where}; "
                 "a classifier needs at least two classes, one sub-folder each."
             )
+        self._check_other_folders(folder, where, [n for n in found if n not in names], names)
         records = []
         for name in names:
             files = sorted(p for p in (folder / name).rglob("*") if _is_kept_image(p, folder))
@@ -96,6 +106,27 @@ class FolderSource:
                 )
             records += [ImageRecord(str(p), name, self._patient_id(p), split) for p in files]
         return records
+
+    def _check_other_folders(self, folder: Path, where: str, others: list[str],
+                             names: list[str]) -> None:
+        """A folder of images that ``data.class_names`` does not name: stop or log."""
+        with_images = {name: _count_images(folder / name, folder) for name in others}
+        with_images = {name: n for name, n in with_images.items() if n}
+        if not with_images:
+            return
+        listed = ", ".join(f"{name} ({n} images)" for name, n in with_images.items())
+        if self.other_folders == "warn":
+            log.warning("Ignoring %s in %s: not in data.class_names (%s).", listed, where,
+                        ", ".join(names))
+            return
+        one = len(with_images) == 1
+        it = "it" if one else "them"
+        raise DataError(
+            f"The folder{'' if one else 's'} {listed} in {where} "
+            f"{'is' if one else 'are'} not in data.class_names ({', '.join(names)}); add "
+            f"{it} to data.class_names to train on {it}, or move {it} out of {folder} to "
+            f"leave {it} out."
+        )
 
     def _patient_id(self, path: Path) -> str | None:
         if self.patient_pattern is None:
@@ -112,6 +143,10 @@ def _visible_subfolders(folder: Path) -> list[Path]:
         p for p in folder.iterdir()
         if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_FOLDERS
     ]
+
+
+def _count_images(folder: Path, base: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if _is_kept_image(p, base))
 
 
 def _is_kept_image(path: Path, base: Path) -> bool:

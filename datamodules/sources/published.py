@@ -93,7 +93,8 @@ class PublishedSource:
         if start != self.root:
             log.info("reading the %s at %s", self.layout.title, start)
         records = FolderSource(
-            start, self.folder_layout, self.class_names, self.patient_id_regex
+            start, self.folder_layout, self.class_names, self.patient_id_regex,
+            other_folders="warn",  # archives hold other folders (brain MRI: a second copy)
         ).records()
         given = {r.given_split for r in records}
         missing = sorted(set(SPLITS) - given)

@@ -18,10 +18,18 @@ The convention (used by every later step):
   maximum map to 0 and 1. ``MONOCHROME1`` images (bright = low values) are inverted, so
   bone is bright in every file. Colour DICOMs follow the integer rule above. Multi-frame
   files are refused.
+* Images of more than ``max_pixels`` pixels (``data.checks.max_image_pixels``, default
+  :data:`DEFAULT_MAX_IMAGE_PIXELS`) are refused as possible decompression bombs
+  (:class:`ImageTooLarge`), in every format. Pillow's own guard,
+  ``PIL.Image.MAX_IMAGE_PIXELS``, is raised to the limit in use (never lowered), so an
+  image within the limit decodes without Pillow's ``DecompressionBombWarning``.
 """
 
 from __future__ import annotations
 
+import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,10 @@ from PIL import Image, UnidentifiedImageError
 
 from medrepro.core.errors import DataError
 
+# 200 million pixels (about 14,142 x 14,142): above any radiograph or MRI slice (an 11,000 x
+# 11,000 scan is 121 million), below what a few bytes of crafted PNG can inflate to
+DEFAULT_MAX_IMAGE_PIXELS = 200_000_000
+MAX_PIXELS_SETTING = "data.checks.max_image_pixels"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm",)
@@ -41,29 +53,110 @@ def is_image_file(path: str | Path) -> bool:
     return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
-    """Read ``path`` to a ``float32 [H, W, channels]`` array in ``[0, 1]``."""
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded; ``path`` and ``reason`` (a phrase) say which
+    and why, the message is the whole sentence."""
+
+    def __init__(self, path: str | Path, reason: str, sentence: str | None = None) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(sentence or (
+            f"Cannot read image {path} ({reason}); replace or delete the file "
+            "(`python audit.py` lists every unreadable file)."
+        ))
+
+
+class ImageTooLarge(UnreadableImage):
+    """An image of more pixels than the limit: a possible decompression bomb.
+
+    ``size`` is ``(width, height)`` where known; ``pixels`` their product (or the count
+    Pillow's ``DecompressionBombError`` gave, or ``None``)."""
+
+    def __init__(self, path: str | Path, max_pixels: int, size: tuple[int, int] | None = None,
+                 pixels: int | None = None) -> None:
+        self.size, self.max_pixels = size, int(max_pixels)
+        self.pixels = size[0] * size[1] if size else pixels
+        super().__init__(path, self.reason_phrase(), too_large_sentence(path, self))
+
+    def reason_phrase(self) -> str:
+        """``possible decompression bomb: 20000x20000 = 400,000,000 pixels, more than ...``"""
+        if self.size:
+            count = f"{self.size[0]}x{self.size[1]} = {self.pixels:,} pixels, more than"
+        elif self.pixels:
+            count = f"{self.pixels:,} pixels, more than"
+        else:
+            count = "more pixels than"
+        return (f"possible decompression bomb: {count} {MAX_PIXELS_SETTING} "
+                f"({self.max_pixels:,}) allows")
+
+
+def too_large_sentence(path: str | Path, error: ImageTooLarge, other_fix: str = "delete it",
+                       also: str = "") -> str:
+    """One sentence naming ``path`` as a possible decompression bomb and the setting that
+    allows large images; ``other_fix`` is what to do with a file that is not genuine,
+    ``also`` a parenthesis on other files."""
+    needed = (f"={error.pixels} (or more)" if error.pixels
+              else f" higher than {error.max_pixels}")
+    return (
+        f"Image {path} is refused as a {error.reason_phrase()}{also}; if it is a genuine "
+        f"image, set {MAX_PIXELS_SETTING}{needed}, otherwise {other_fix}."
+    )
+
+
+def check_pixel_count(path: str | Path, width: int, height: int, max_pixels: int) -> None:
+    """Raise :class:`ImageTooLarge` when ``width x height`` exceeds ``max_pixels``."""
+    if int(width) * int(height) > max_pixels:
+        raise ImageTooLarge(path, max_pixels, size=(int(width), int(height)))
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's process-wide guard ``Image.MAX_IMAGE_PIXELS`` to ``max_pixels`` (never
+    lower it: our own check, :func:`check_pixel_count`, enforces each caller's limit), so
+    images within the limit open without a ``DecompressionBombWarning``."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < max_pixels:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+
+
+def pixels_in_bomb_error(error: Exception | str) -> int | None:
+    """The pixel count in Pillow's ``DecompressionBombError`` message (or in our own
+    reason, :meth:`ImageTooLarge.reason_phrase`), when it says one."""
+    found = re.search(r"\((\d+) pixels\)|= ([\d,]+) pixels|: ([\d,]+) pixels", str(error))
+    return int(next(g for g in found.groups() if g).replace(",", "")) if found else None
+
+
+def read_image(path: str | Path, channels: int = 1, max_pixels: int | None = None) -> np.ndarray:
+    """Read ``path`` to a ``float32 [H, W, channels]`` array in ``[0, 1]``.
+
+    A file that cannot be decoded raises :class:`UnreadableImage` (a ``DataError``), one of
+    more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_IMAGE_PIXELS`)
+    :class:`ImageTooLarge`."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels}")
+    max_pixels = int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS)
     path = Path(path)
     suffix = path.suffix.lower()
     try:
         if suffix in DICOM_EXTENSIONS:
-            return _to_channels(read_dicom(path), channels)
-        array = _read_tiff(path) if suffix in TIFF_EXTENSIONS else _read_pil(path)
+            return _to_channels(read_dicom(path, max_pixels), channels)
+        if suffix in TIFF_EXTENSIONS:
+            array = _read_tiff(path, max_pixels)
+        else:
+            array = _read_pil(path, max_pixels)
+        return _to_channels(_to_unit_float(array), channels)
     except DataError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, RuntimeError,
-            NotImplementedError, AttributeError, KeyError) as error:
-        raise DataError(
-            f"Cannot read image {path} ({error}); replace or delete the file "
-            "(`python audit.py` lists every unreadable file)."
-        ) from error
-    return _to_channels(_to_unit_float(array), channels)
+    except Image.DecompressionBombError as error:  # more than twice Pillow's guard
+        raise ImageTooLarge(path, max_pixels, pixels=pixels_in_bomb_error(error)) from error
+    except (OSError, EOFError, UnidentifiedImageError, ValueError, TypeError, SyntaxError,
+            RuntimeError, NotImplementedError, AttributeError, KeyError, IndexError,
+            struct.error, zlib.error) as error:  # what the decoders raise on a bad file
+        raise UnreadableImage(path, str(error) or type(error).__name__) from error
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
+    allow_pixels(max_pixels)
     with Image.open(path) as image:
+        check_pixel_count(path, *image.size, max_pixels)
         image.load()
         if image.mode == "P":
             image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -77,19 +170,21 @@ def _read_pil(path: Path) -> np.ndarray:
     return array
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         if len(tif.pages) > 1:
-            raise DataError(
+            raise UnreadableImage(path, f"a multi-page TIFF with {len(tif.pages)} pages", (
                 f"{path} is a multi-page TIFF with {len(tif.pages)} pages; "
                 "export one image per file."
-            )
-        return tif.pages[0].asarray()
+            ))
+        page = tif.pages[0]
+        check_pixel_count(path, page.imagewidth, page.imagelength, max_pixels)
+        return page.asarray()
 
 
-def read_dicom(path: str | Path) -> np.ndarray:
+def read_dicom(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """A single-frame DICOM file as ``float32 [H, W]`` (grayscale) or ``[H, W, 3]`` in [0, 1]."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -101,11 +196,15 @@ def read_dicom(path: str | Path) -> np.ndarray:
         raise ValueError(f"not a DICOM file: {error}") from error
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise DataError(
+        raise UnreadableImage(path, f"a multi-frame DICOM with {frames} frames", (
             f"{path} is a multi-frame DICOM with {frames} frames; export one image per file."
-        )
+        ))
     if "PixelData" not in ds:
-        raise DataError(f"{path} is a DICOM file without an image; remove it from the data set.")
+        raise UnreadableImage(path, "a DICOM file without pixel data", (
+            f"{path} is a DICOM file without an image; remove it from the data set."
+        ))
+    check_pixel_count(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0),
+                      int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS))
     pixels = ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if not photometric.startswith("MONOCHROME"):
@@ -144,7 +243,7 @@ def _to_channels(array: np.ndarray, channels: int) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] in (2, 4):  # LA or RGBA: drop alpha
         array = array[:, :, :-1]
     if array.ndim != 3 or array.shape[2] not in (1, 3):
-        raise DataError(f"Image with shape {array.shape} is neither grayscale nor colour.")
+        raise ValueError(f"an image of shape {array.shape} is neither grayscale nor colour")
     if array.shape[2] == channels:
         return np.ascontiguousarray(array, dtype=np.float32)
     if channels == 1:

@@ -45,6 +45,7 @@ def audit(cfg: DictConfig) -> dict:
         quick=False,
         near_distance=int(cfg.audit.near_duplicate_distance),
         workers=cfg.audit.get("workers"),
+        max_pixels=datamodule.checks.pixel_limit,
     )
     settings = datamodule.split_settings
     result["data"] = {
