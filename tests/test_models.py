@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from medrepro.core.errors import ConfigError, UserError
-from medrepro.lightning_modules.backbone import create_backbone
+from medrepro.lightning_modules.backbone import check_input_size, create_backbone
 from medrepro.lightning_modules.image_classifier import ImageClassifier
 from medrepro.lightning_modules.losses import build_loss
 
@@ -110,14 +110,62 @@ class _WritesAFile:
         return (open, (self.target, "w"))
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_unread(tmp_path):
-    """model.weights=FILE.ckpt never unpickles code: the planted file is not written and the
-    run stops with one sentence that names the checkpoint."""
+@pytest.mark.parametrize("suffix", [".ckpt", ".pth"])
+def test_a_checkpoint_that_would_run_code_is_refused_unread(tmp_path, suffix):
+    """model.weights=FILE (a medrepro .ckpt or a timm .pth) never unpickles code: the planted
+    file is not written and the run stops with one sentence that names the checkpoint."""
     target = tmp_path / "written_by_the_checkpoint"
-    checkpoint = tmp_path / "shared.ckpt"
+    checkpoint = tmp_path / f"shared{suffix}"
     torch.save({"state_dict": {}, "payload": _WritesAFile(target)}, checkpoint)
     with pytest.raises(UserError) as raised:
         create_backbone("test_resnet", num_outputs=1, in_chans=1, weights=str(checkpoint))
     assert not target.exists()
     message = str(raised.value)
     assert str(checkpoint) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pth", ".bin"])
+@pytest.mark.parametrize("content", ["text", "a tensor"])
+def test_weights_that_are_not_a_state_dict_stop_with_one_sentence_naming_the_file(tmp_path, suffix, content):
+    """A text file (torch's own reader says ``KeyError: 101`` or ``UnpicklingError``) or a
+    file holding one tensor: one line that names the file and what to give instead."""
+    path = tmp_path / f"weights{suffix}"
+    if content == "text":
+        path.write_text("these are not weights\n")
+    else:
+        torch.save(torch.zeros(3), path)
+    with pytest.raises(UserError) as raised:
+        create_backbone("test_resnet", num_outputs=1, in_chans=1, weights=str(path))
+    message = str(raised.value)
+    assert message.startswith(f"model.weights: {path} ") and "\n" not in message
+    assert "state dict" in message and message.endswith(".")
+
+
+def test_a_state_dict_of_another_model_stops_with_one_sentence(tmp_path):
+    torch.save(timm.create_model("test_efficientnet").state_dict(), tmp_path / "other.pth")
+    with pytest.raises(UserError) as raised:
+        create_backbone("test_resnet", num_outputs=1, in_chans=1, weights=str(tmp_path / "other.pth"))
+    message = str(raised.value)
+    assert f"{tmp_path / 'other.pth'} does not fit model.name=test_resnet" in message
+    assert "\n" not in message
+
+
+def _runs_on_the_cpu(model, size):
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, 1, size, size))
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_the_smallest_input_size_is_the_one_the_real_network_takes():
+    """The check before anything is built names the same smallest size as a real forward
+    pass of the real Inception V3 on the CPU: 74 px fails, 75 px runs."""
+    model = timm.create_model("inception_v3", num_classes=1, in_chans=1).eval()
+    assert not _runs_on_the_cpu(model, 74) and _runs_on_the_cpu(model, 75)
+    check_input_size("inception_v3", 75)
+    with pytest.raises(ConfigError) as raised:
+        check_input_size("inception_v3", 74)
+    assert "at least 75 px; set data.image_size=75 or more (299 is its usual size)" in str(raised.value)
+    check_input_size("test_resnet", 8)  # no limit worth stopping for

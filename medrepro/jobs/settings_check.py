@@ -1,19 +1,77 @@
 """Settings checked before anything expensive runs (data, cache, model): a wrong value
-stops the job with one sentence (a :class:`~medrepro.core.errors.ConfigError`)."""
+stops the job with one sentence (a :class:`~medrepro.core.errors.ConfigError`) that names
+the key and a value it takes.
+
+Checked here: values left at ``???``; ``seed``; ``trainer.max_epochs`` and
+``trainer.limit_train_batches`` (a run that would not train at all); the optimizer's numbers
+(``optimizer.lr``, ``weight_decay``, ``momentum``, ``eps``, ``alpha``, ``betas``);
+``model.threshold``; ``model.name`` (a timm model), ``data.image_size`` (also against the
+smallest input the model takes) and that ``model.weights`` exists; ``test_checkpoint``;
+and keys under their names before the data keys were grouped (``data.num_workers`` is now
+``data.loader.num_workers``, see :data:`RENAMED_KEYS`). The data module checks its own
+groups (``data.loader``, ``data.cache``, ...) when it is built, which is also before
+anything expensive.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
 from medrepro.core.errors import ConfigError
+from medrepro.lightning_modules.backbone import check_input_size, check_model_name, weights_file
 
 TEST_CHECKPOINTS = ("best", "last")
+LARGEST_SEED = 2**32 - 1  # numpy's limit, which Lightning's seed_everything enforces
+
+# the data keys' names before the data config was grouped (old name -> new name)
+RENAMED_KEYS = {
+    "data.batch_size": "trainer.batch_size",
+    "data.num_workers": "data.loader.num_workers",
+    "data.pin_memory": "data.loader.pin_memory",
+    "data.persistent_workers": "data.loader.persistent_workers",
+    "data.allow_leakage": "data.checks.allow_leakage",
+    "data.skip_unreadable": "data.checks.skip_unreadable",
+    "data.cache": "data.cache.enabled",
+    "data.cache_dir": "data.cache.dir",
+    "data.enhance": "data.preprocess.enhance",
+    "data.enh": "data.preprocess.enh",
+}
+RENAMED_GROUPS = {"data.enh": "data.preprocess.enh"}  # whose keys moved with them
+
+# the optimizer's numbers: (lower bound, whether the bound itself is allowed, an example)
+OPTIMIZER_NUMBERS = {
+    "lr": (0.0, False, "0.001"),
+    "weight_decay": (0.0, True, "0.0001"),
+    "momentum": (0.0, True, "0.9"),
+    "eps": (0.0, True, "1e-07"),
+    "alpha": (0.0, True, "0.9"),
+}
 
 
 def check_settings(cfg: DictConfig) -> str:
     """Check the job's settings; return ``test_checkpoint`` (``best`` or ``last``)."""
     _check_no_missing_values(cfg)
+    _check_no_renamed_keys(cfg)
+    _check_seed(cfg.get("seed"))
+    _check_training_length(cfg.trainer)
+    _check_optimizer(cfg.optimizer)
+    _check_model(cfg.model, cfg.data)
     return _test_checkpoint_setting(cfg)
+
+
+def renamed_key_sentence(key: str, value: str) -> str | None:
+    """The sentence for an override ``key=value`` that uses a data key's old name, else
+    ``None``."""
+    group, _, parameter = key.rpartition(".")
+    new = RENAMED_KEYS.get(key) or (
+        f"{RENAMED_GROUPS[group]}.{parameter}" if group in RENAMED_GROUPS else None
+    )
+    if new is None:
+        return None
+    return f"{key} is now called {new}: write {new}={value} instead."
 
 
 def _check_no_missing_values(cfg: DictConfig) -> None:
@@ -21,6 +79,75 @@ def _check_no_missing_values(cfg: DictConfig) -> None:
     if missing:
         hint = " For example: python train.py data=folder data.root=/path/to/images" if "data.root" in missing else ""
         raise ConfigError(f"Set {', '.join(missing)} on the command line (required, no default).{hint}")
+
+
+def _check_no_renamed_keys(cfg: DictConfig) -> None:
+    """An old data key added with ``+`` (as Hydra's own error suggests), set in a config
+    file, or ``data.cache=false`` (which replaces the ``data.cache`` group)."""
+    for key in RENAMED_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None or (key == "data.cache" and isinstance(value, Mapping)):
+            continue  # absent, or the data.cache group that replaced the old switch
+        raise ConfigError(renamed_key_sentence(key, _text(value)))
+
+
+def _check_seed(seed) -> None:
+    if not _is_whole(seed) or not 0 <= seed <= LARGEST_SEED:
+        raise ConfigError(f"seed must be a whole number from 0 to {LARGEST_SEED}, such as 0, not {seed!r}.")
+
+
+def _check_training_length(trainer: DictConfig) -> None:
+    """A run that would end ``completed`` without a single training step."""
+    epochs = trainer.get("max_epochs")
+    if not _is_whole(epochs) or epochs < 1:
+        raise ConfigError(
+            f"trainer.max_epochs must be a whole number of epochs, 1 or more, such as 10, not {epochs!r}."
+        )
+    batches = trainer.get("limit_train_batches", 1.0)
+    if batches is not None and (not _is_number(batches) or batches <= 0):
+        raise ConfigError(
+            "trainer.limit_train_batches must be a fraction of the training batches above 0 "
+            f"(1.0: all of them) or a number of batches, 1 or more, not {batches!r}."
+        )
+
+
+def _check_optimizer(optimizer: DictConfig) -> None:
+    for key, (bound, bound_allowed, example) in OPTIMIZER_NUMBERS.items():
+        if key not in optimizer:
+            continue
+        value = optimizer[key]
+        if _is_number(value) and (value > bound or (bound_allowed and value == bound)):
+            continue
+        wanted = "a number above 0" if not bound_allowed else "a number, 0 or more"
+        raise ConfigError(f"optimizer.{key} must be {wanted}, such as {example}, not {value!r}.")
+    betas = optimizer.get("betas")
+    if betas is not None and not (
+        OmegaConf.is_list(betas) and len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise ConfigError(
+            f"optimizer.betas must be two numbers from 0 to below 1, such as [0.9,0.999], not {_text(betas)}."
+        )
+
+
+def _check_model(model: DictConfig, data: DictConfig) -> None:
+    """``model.threshold``, ``data.image_size``, ``model.name`` and ``model.weights``; the
+    name and the input size before any data is read or any model is built."""
+    threshold = model.get("threshold", 0.5)
+    if not _is_number(threshold) or not 0 < threshold < 1:
+        raise ConfigError(
+            "model.threshold must be a probability between 0 and 1 (both excluded), such as 0.5, "
+            f"not {threshold!r}."
+        )
+    size = data.get("image_size")
+    if not _is_whole(size) or size < 1:
+        raise ConfigError(
+            "data.image_size must be a whole number of pixels (the side of the square images "
+            f"the model sees), such as 224, not {size!r}."
+        )
+    check_model_name(model.name)
+    check_input_size(model.name, size)
+    if model.get("weights"):
+        weights_file(model.weights)
 
 
 def _test_checkpoint_setting(cfg: DictConfig) -> str:
@@ -31,3 +158,21 @@ def _test_checkpoint_setting(cfg: DictConfig) -> str:
     if which not in TEST_CHECKPOINTS:
         raise ConfigError(f"test_checkpoint must be best or last, not {which!r}.")
     return which
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """An int or a finite float (not a bool, not a string such as ``abc``)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value) -> str:
+    """A config value as it would be written on the command line."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value).replace(" ", "") if isinstance(value, list | dict) else str(value)
