@@ -1,6 +1,9 @@
-"""Stop a run soon after its training (or validation) loss stops being a finite number."""
+"""Stop a run as soon as its losses or outputs stop being usable numbers: NaN, infinite, or
+(for losses) larger than any real classification loss."""
 
 from __future__ import annotations
+
+import math
 
 import pytorch_lightning as pl
 import torch
@@ -8,59 +11,125 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from medrepro.core.errors import TrainingDiverged
 
+ADVICE = "lower optimizer.lr"
+
 
 class DivergenceGuard(pl.Callback):
-    """Raise :class:`~medrepro.core.errors.TrainingDiverged` once a training batch's loss was
-    NaN or infinite, or an epoch's validation loss (``validation_loss``, logged by the
-    module) was, instead of training on for the remaining epochs. It is the training job's
-    only divergence check; the validation loss catches weights that an epoch's last update
-    made NaN although every training loss was finite.
+    """Raise :class:`~medrepro.core.errors.TrainingDiverged` when, in any stage,
 
-    Every batch's loss is checked on its own device (no host synchronisation); the flag is
-    read back every ``check_every_n_batches`` batches and at the epoch's last batch (before
-    that epoch's validation and checkpoint), so on a GPU the training step is not stalled
-    each batch. ``on_train_epoch_end`` reads any flag still unread, for an epoch that
-    ended before its last batch (``max_steps``, a data loader of unknown length). The job
-    then records ``status: diverged`` in its results.json; in a multirun the sweep goes on.
+    * a training batch's loss is NaN, infinite or larger than ``max_loss``;
+    * an epoch's validation loss (``validation_loss``, logged by the module) is, during the
+      fit and when the tested checkpoint is validated afterwards: this catches weights that
+      an epoch's last update made NaN although every training loss was finite, and NaN
+      validation probabilities (a NaN probability makes its batch's loss NaN);
+    * a test batch's ``probabilities`` (the test step's output) are NaN or infinite: the
+      test stage then stops at its epoch's end, before ``on_test_end``, where the figures
+      are drawn and results.json would say ``completed``.
+
+    The job then records ``status: diverged`` with the sentence; in a multirun the sweep goes
+    on. ``max_loss`` (default 1e6; ``None``: no limit) is far above any real loss: a
+    classifier's cross-entropy starts near ln(classes), below 1.1 for up to three classes, and
+    a loss of a million means logits of about a million, that is, exploded weights (a
+    learning rate of 1e12 gives finite losses of 1e25 and later NaN outputs).
+
+    Every batch is checked on its own device (no host synchronisation): the worst loss, or
+    the test outputs' flag, is read back every ``check_every_n_batches`` batches and at the
+    epoch's last batch (before that epoch's validation and checkpoint), so on a GPU the
+    training step is not stalled each batch. ``on_train_epoch_end`` reads anything still
+    unread, for an epoch that ended before its last batch (``max_steps``, a data loader of
+    unknown length).
     """
 
-    def __init__(self, check_every_n_batches: int = 20, validation_loss: str = "val/loss") -> None:
+    def __init__(self, check_every_n_batches: int = 20, validation_loss: str = "val/loss",
+                 max_loss: float | None = 1e6) -> None:
         self.check_every_n_batches = max(1, int(check_every_n_batches))
         self.validation_loss = validation_loss
-        self._not_finite: torch.Tensor | None = None  # the unread flag of the batches since the last read
+        self.max_loss = None if max_loss is None else float(max_loss)
+        if self.max_loss is not None and not self.max_loss > 0:
+            raise ValueError("callbacks.divergence_guard.max_loss must be positive or null, "
+                             f"not {max_loss}.")
+        self._worst: torch.Tensor | None = None  # the largest |loss| since the last read (NaN wins)
         self._last_batch = 0
+        self._test_not_finite: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ training losses
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._not_finite = None
+        self._worst = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             return
-        bad = ~torch.isfinite(loss.detach()).all()
-        self._not_finite = bad if self._not_finite is None else self._not_finite | bad
+        worst = loss.detach().abs().max()  # torch.maximum keeps a NaN
+        self._worst = worst if self._worst is None else torch.maximum(self._worst, worst)
         self._last_batch = batch_idx + 1
         last = batch_idx + 1 >= trainer.num_training_batches
         if (batch_idx + 1) % self.check_every_n_batches == 0 or last:
-            self._raise_if_not_finite(trainer)
+            self._raise_if_diverged(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._raise_if_not_finite(trainer)
+        self._raise_if_diverged(trainer)
+
+    def _raise_if_diverged(self, trainer) -> None:
+        worst, self._worst = self._worst, None
+        if worst is None:
+            return
+        value = float(worst)  # the one read-back
+        where = f"by epoch {trainer.current_epoch + 1}, batch {self._last_batch}"
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"Training diverged: the training loss became NaN or infinite {where}; {ADVICE}."
+            )
+        if self._too_large(value):
+            raise TrainingDiverged(
+                f"Training diverged: the training loss reached {value:.3g} {where}, more than "
+                f"callbacks.divergence_guard.max_loss={self.max_loss:g}; {ADVICE}."
+            )
+
+    # ------------------------------------------------------------------ validation loss
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        if trainer.sanity_checking:
             return
         loss = trainer.callback_metrics.get(self.validation_loss)
-        if loss is not None and not bool(torch.isfinite(loss).all()):
+        if loss is None:
+            return
+        value = float(loss)
+        if math.isfinite(value) and not self._too_large(value):
+            return
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        loss, when = (("the validation loss", f" in epoch {trainer.current_epoch + 1}") if fitting
+                      else ("the tested checkpoint's validation loss", ""))
+        if not math.isfinite(value):
             raise TrainingDiverged(
-                f"Training diverged: the validation loss became NaN or infinite in epoch "
-                f"{trainer.current_epoch + 1}; lower optimizer.lr."
-            )
+                f"Training diverged: {loss} became NaN or infinite{when}; {ADVICE}.")
+        raise TrainingDiverged(
+            f"Training diverged: {loss} reached {value:.3g}{when}, more than "
+            f"callbacks.divergence_guard.max_loss={self.max_loss:g}; {ADVICE}."
+        )
 
-    def _raise_if_not_finite(self, trainer) -> None:
-        flag, self._not_finite = self._not_finite, None
+    # ------------------------------------------------------------------ test outputs
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._test_not_finite = None
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                          dataloader_idx=0) -> None:
+        probabilities = outputs.get("probabilities") if isinstance(outputs, dict) else None
+        if not isinstance(probabilities, torch.Tensor):
+            return
+        bad = ~torch.isfinite(probabilities.detach()).all()
+        previous = self._test_not_finite
+        self._test_not_finite = bad if previous is None else previous | bad
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        flag, self._test_not_finite = self._test_not_finite, None
         if flag is not None and bool(flag):
             raise TrainingDiverged(
-                f"Training diverged: the training loss became NaN or infinite by epoch "
-                f"{trainer.current_epoch + 1}, batch {self._last_batch}; lower optimizer.lr."
+                "Training diverged: the tested model's test probabilities are NaN or infinite, "
+                f"so its weights are not finite numbers; {ADVICE}."
             )
+
+    def _too_large(self, value: float) -> bool:
+        return self.max_loss is not None and abs(value) > self.max_loss

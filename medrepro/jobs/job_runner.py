@@ -1,6 +1,27 @@
 """How a job ends: ``python train.py`` (and every job of a ``-m`` sweep) runs
-:func:`run_job`, which runs :func:`~medrepro.jobs.training.train` and turns what went wrong
-into a results.json status and one sentence."""
+:func:`run_job`, which runs :func:`~medrepro.jobs.training.train` and turns however it
+stopped into a results.json status, one sentence and an exit status.
+
+=====================================  ============  ==========================================
+how the job stopped                    ``status``    ``error`` (also printed as ``Error: ...``)
+=====================================  ============  ==========================================
+it finished                            completed     (none)
+a user's mistake (:class:`UserError`)  failed        the error's own sentence
+loss or outputs not finite / exploded  diverged      :class:`TrainingDiverged`'s sentence
+no space left on the disk (or quota)   failed        the file that could not be written, and
+                                                     what to do
+any other exception (a bug)            failed        ``Type: first line of the message`` and
+                                                     where the traceback is (the job's log)
+Ctrl-C                                 interrupted   how to continue
+=====================================  ============  ==========================================
+
+Each record also says at which step the job stopped (``failed_at``, see
+:mod:`medrepro.jobs.job_steps`). A single run then exits with status 1 (130 after Ctrl-C);
+in a multirun the sweep goes on with the next job (Ctrl-C stops the sweep), and
+:class:`~medrepro.jobs.report.sweep_outcome.SweepOutcome` sets the sweep's exit status.
+The traceback of an unexpected exception goes to the job's log only (``train.log`` in the
+run folder), which is what a bug report needs; the console shows the one line.
+"""
 
 from __future__ import annotations
 
@@ -10,38 +31,70 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from medrepro.core.errors import TrainingDiverged, UserError, user_error_behind
-from medrepro.core.run_folder import mark_failed
+from medrepro.core.errors import TrainingDiverged, UserError, disk_full_behind, user_error_behind
+from medrepro.core.quiet import FILE_ONLY
+from medrepro.core.run_folder import CHECKPOINTS_FOLDER, mark_failed
+from medrepro.jobs.job_steps import FIRST_STEP, current_step, describe_step, enter_step
 from medrepro.jobs.training import train
 
 log = logging.getLogger(__name__)
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """Run :func:`train`, turning a user's mistake into one sentence on stderr.
-
-    In a single run the process then exits with status 1 (other exceptions propagate
-    with their traceback). In a multirun any failing job is recorded as ``failed`` (or
-    ``diverged``) in its own results.json, its traceback goes to the job's log, and the
-    sweep goes on with the next job.
-    """
+    """Run :func:`train` and record how it ended; return the optimised metric (a sweeper
+    may read it), or ``None`` for a job of a multirun that did not complete."""
+    enter_step(FIRST_STEP)
     try:
         metrics = train(cfg)
-    except Exception as raised:
-        error = user_error_behind(raised)
-        if error is None:
-            if not _is_multirun():
-                raise
-            log.exception("The job failed; the sweep goes on.")
-            _report_failure(cfg, "failed", _first_line(raised))
-            return None
-        status = "diverged" if isinstance(error, TrainingDiverged) else "failed"
-        _report_failure(cfg, status, _sentence(error))
+    except KeyboardInterrupt:
+        _interrupted(cfg)
+    except SystemExit as stop:
+        # Lightning turns Ctrl-C during fit/validate/test into sys.exit(1), raised while
+        # handling the KeyboardInterrupt
+        if isinstance(stop.__context__, KeyboardInterrupt):
+            _interrupted(cfg)
+        raise
+    except Exception as raised:  # noqa: BLE001  (any exception: results.json must say so)
+        status, sentence = _outcome(raised, cfg)
+        _record(cfg, status, sentence)
         if _is_multirun():
             return None
-        raise SystemExit(1) from None
+        raise SystemExit(EXIT_FAILED) from None
     optimised = cfg.get("optimized_metric")
     return metrics.get(optimised) if optimised else None
+
+
+def _outcome(raised: Exception, cfg: DictConfig) -> tuple[str, str]:
+    """(status, the one sentence) for an exception that stopped the job."""
+    full = disk_full_behind(raised)
+    if full is not None:
+        log.debug("No space left on the device.", exc_info=raised)
+        return "failed", _disk_full_sentence(full, cfg)
+    error = user_error_behind(raised)
+    if error is not None:
+        return ("diverged" if isinstance(error, TrainingDiverged) else "failed"), _sentence(error)
+    log.error("Unexpected error %s; its traceback:", describe_step(current_step()),
+              exc_info=raised, extra={FILE_ONLY: True})
+    step, where = describe_step(current_step()), _log_file() or "the job's log"
+    return "failed", (f"{_first_line(raised)} (an unexpected error {step}; "
+                      f"the traceback is in {where})")
+
+
+def _interrupted(cfg: DictConfig) -> None:
+    """Record a Ctrl-C and stop the process (the whole sweep in a multirun)."""
+    output_dir = _output_dir(cfg)
+    has_last = output_dir is not None and any((output_dir / CHECKPOINTS_FOLDER).glob("last*.ckpt"))
+    if _is_multirun():
+        again = (f"run the same command with hydra.sweep.dir={_sweep_dir()} to finish the sweep "
+                 "(completed jobs are skipped)")
+    elif has_last:
+        again = f"run the same command with hydra.run.dir={output_dir} ckpt_path=last to continue"
+    else:
+        again = "run the same command again"
+    _record(cfg, "interrupted", f"Interrupted by Ctrl-C {describe_step(current_step())}; {again}.")
+    raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 def _sentence(error: UserError) -> str:
@@ -53,6 +106,26 @@ def _sentence(error: UserError) -> str:
     return message
 
 
+def _disk_full_sentence(error: OSError, cfg: DictConfig) -> str:
+    """Which file or folder could not be written, and what to do."""
+    quota = error.strerror and "quota" in error.strerror.lower()
+    problem = "The disk quota is exceeded" if quota else "No space is left on the disk"
+    path = error.filename2 or error.filename
+    output_dir = _output_dir(cfg)
+    if path:
+        target = f"to write {path}"
+    elif output_dir is not None:
+        target = f"{describe_step(current_step())} (run folder {output_dir})"
+    else:
+        target = describe_step(current_step())
+    setting = "hydra.sweep.dir" if _is_multirun() else "hydra.run.dir"
+    cache_dir = OmegaConf.select(cfg, "data.cache.dir", default=None)
+    if path and cache_dir and _is_inside(path, cache_dir):
+        setting = "data.cache.dir"
+    return (f"{problem} {target}; free space there, or write to another disk with "
+            f"{setting}=DIR, and run the command again.")
+
+
 def _first_line(error: BaseException) -> str:
     """``Type: first line of the message`` of the innermost cause (Hydra and Lightning wrap
     the error that actually happened)."""
@@ -62,11 +135,51 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
-def _report_failure(cfg: DictConfig, status: str, message: str) -> None:
+def _record(cfg: DictConfig, status: str, message: str) -> None:
+    """Print ``Error: <sentence>`` and write it into results.json (as far as the disk allows)."""
     print(f"\nError: {message}", file=sys.stderr)
+    log.error("Error: %s", message, extra={FILE_ONLY: True})
+    output_dir = _output_dir(cfg)
+    if output_dir is None or not output_dir.is_dir():
+        return
+    try:
+        mark_failed(output_dir, status, message, failed_at=current_step(), config=_resolved(cfg))
+    except OSError as error:
+        print(f"(results.json in {output_dir} could not be updated: {error})", file=sys.stderr)
+
+
+def _resolved(cfg: DictConfig) -> dict | None:
+    """The resolved configuration, or ``None`` when it does not resolve (itself a mistake)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001  (an unresolvable config is not recorded)
+        return None
+
+
+def _output_dir(cfg: DictConfig) -> Path | None:
     output_dir = OmegaConf.select(cfg, "paths.output_dir", default=None)
-    if output_dir and Path(output_dir).is_dir():
-        mark_failed(output_dir, status, message)
+    return Path(output_dir) if output_dir else None
+
+
+def _log_file() -> str | None:
+    """The job's log file (Hydra's file handler), if any."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, ValueError):
+        return False
+
+
+def _sweep_dir() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().sweep.dir)
 
 
 def _is_multirun() -> bool:

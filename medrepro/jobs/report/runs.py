@@ -27,6 +27,7 @@ class Run:
     history: pd.DataFrame | None = None
     predictions: pd.DataFrame | None = None
     arm: str = field(default="")
+    failed_at: str | None = None  # the job step it stopped in (see medrepro.jobs.job_steps)
 
     @property
     def seed(self):
@@ -100,6 +101,7 @@ def _load_run(folder: Path) -> Run:
         results=results,
         history=history,
         predictions=predictions,
+        failed_at=results.get("failed_at"),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medrepro.core.run_folder import class_key
+from medrepro.jobs.job_steps import describe_step
 from medrepro.jobs.report import plots
 from medrepro.jobs.report.arms import Arm, group_arms
 from medrepro.jobs.report.runs import Run, load_runs
@@ -86,10 +88,13 @@ def _bootstrap(arms: list[Arm], classes: list[str], resamples: int) -> dict:
             intervals[(arm.label, run.seed)] = {k: percentile_interval(v) for k, v in values.items()}
         if per_run:
             names = set.intersection(*(set(v) for v in per_run.values()))
-            intervals[(arm.label, None)] = {
-                name: percentile_interval(np.nanmean([v[name] for v in per_run.values()], axis=0))
-                for name in names
-            }
+            with warnings.catch_warnings():  # a resample where every run's value is NaN stays
+                warnings.simplefilter("ignore", RuntimeWarning)  # NaN; the interval drops it
+                intervals[(arm.label, None)] = {
+                    name: percentile_interval(
+                        np.nanmean([v[name] for v in per_run.values()], axis=0))
+                    for name in names
+                }
     return intervals
 
 
@@ -196,6 +201,9 @@ def _markdown(sweep_dir, config, reference, runs, arms, classes, metrics, table,
               "SD is the sample SD over runs (ddof 1). Failed or diverged runs are listed but "
               "left out of means.")]
     lines += ["", "## Runs", "", *_runs_table(arms, main)]
+    not_completed = _not_completed(runs)
+    if not_completed:
+        lines += ["", "## Runs that did not complete", "", *not_completed]
     lines += ["", "## Every arm beside the paper", "",
               (f"Each run's value, the mean ± SD over runs, the paper's value and our mean minus "
               f"the paper's. The 95% CI of a test metric is a percentile bootstrap over the test "
@@ -217,7 +225,9 @@ def _markdown(sweep_dir, config, reference, runs, arms, classes, metrics, table,
 def _data_facts(runs: list[Run], classes: list[str]) -> list[str]:
     data = next((r.results.get("data") for r in runs if r.results.get("data")), None) or {}
     if not data:
-        return ["No run got as far as loading its data: classes and split are unknown."]
+        return [("No run recorded its data's classes and split (a run records them when "
+                 "training starts); see *Runs that did not complete* for the step at which each "
+                 "run stopped.")]
     positive = data.get("positive_class")
     if positive:
         negative = next((c for c in classes if c != positive), "?")
@@ -262,13 +272,45 @@ def _runs_table(arms: list[Arm], main: str) -> list[str]:
     lines = [f"| arm | seed | job | status | {main} | epochs | s/epoch | note |", "|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         for run in arm.runs:
-            note = (run.error or "").replace("|", "/")[:160]
+            note = "" if run.completed else _one_line(_how_it_stopped(run, sentence=False))
             lines.append(
                 f"| {arm.label} | {run.seed} | {run.job} | {run.status} | "
                 f"{_show(main, run.metric(main) if run.completed else None)} | "
                 f"{run.results.get('epochs_run', '')} | {_show('seconds_per_epoch', run.results.get('seconds_per_epoch'))} | {note} |"
             )
     return lines
+
+
+def _how_it_stopped(run: Run, sentence: bool = True) -> str:
+    """``failed during the pre-training data check: <the whole sentence>`` for a run that
+    stopped (without the sentence: only the step); empty for a completed run."""
+    if run.completed:
+        return ""
+    if run.status == "unfinished":
+        return "unfinished: its results.json still says running (killed, or still running)"
+    if run.status == "not started":
+        return "not started: no results.json"
+    head = f"{run.status} {describe_step(run.failed_at)}"
+    return f"{head}: {run.error}" if run.error and sentence else head
+
+
+def _not_completed(runs: list[Run]) -> list[str]:
+    """One line per way of stopping (status, step and sentence), with the jobs that
+    stopped that way, in job order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        if not run.completed:
+            groups.setdefault(_one_line(_how_it_stopped(run)), []).append(run)
+    lines = []
+    for how, members in groups.items():
+        jobs = ", ".join(str(run.job) for run in members)
+        noun = "job" if len(members) == 1 else "jobs"
+        lines.append(f"- {noun} {jobs} ({len(members)} of {len(runs)}): {how}")
+    return lines
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _metric_table(arms: list[Arm], metrics: list[str], table: pd.DataFrame) -> list[str]:
