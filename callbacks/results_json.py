@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
 
+from medrepro.core.checkpoint_epochs import epochs_ended
 from medrepro.core.environment import device_description, package_versions
 from medrepro.core.run_folder import METRICS_CSV, RESULTS_JSON, now, write_results
 
 
 class ResultsJSON(pl.Callback):
     """Resolved config, data facts, final validation and test metrics, confusion
-    matrices, seconds per epoch, versions and device. Rewritten after every stage, with
+    matrices, seconds per epoch, versions and device, and for a resumed fit the checkpoint
+    it resumed from (``resumed_from``: file and epoch). Rewritten after every stage, with
     ``status`` ``running`` until the test stage has ended, then ``completed``.
 
     Everything comes from explicit interfaces, never from another callback: the trainer's
@@ -31,8 +34,11 @@ class ResultsJSON(pl.Callback):
         if run_config is not None:
             self.results["config"] = run_config
         self._started = time.perf_counter()
+        self._evaluated_checkpoint: dict | None = None  # what validate/test loaded
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage in ("validate", "test"):  # setup comes before the stage loads its checkpoint
+            self._evaluated_checkpoint = None
         if "started_at" not in self.results:
             self.results["started_at"] = now()
             self.results["versions"] = package_versions()
@@ -59,19 +65,58 @@ class ResultsJSON(pl.Callback):
             }
         self.write()
 
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        if trainer.state.fn in ("validate", "test"):
+            self._evaluated_checkpoint = self._checkpoint_record(trainer.ckpt_path, checkpoint)
+        elif trainer.state.fn == "fit":  # a resumed fit (ckpt_path)
+            self.results["resumed_from"] = self._resume_record(trainer.ckpt_path, checkpoint)
+            self.write()
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate":
             self.results["val"] = _stage_metrics(trainer, "val")
             self._confusion(pl_module, "val")
+            self.results["tested_checkpoint"] = self._tested_checkpoint(trainer)
             self.write()
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.results["tested_checkpoint"] = self._tested_checkpoint(trainer)
         self.results["test"] = _stage_metrics(trainer, "test")
         self._confusion(pl_module, "test")
         self.results["status"] = "completed"
         self.results["finished_at"] = now()
         self.results["total_seconds"] = round(time.perf_counter() - self._started, 1)
         self.write()
+
+    def _tested_checkpoint(self, trainer: pl.Trainer) -> dict:
+        """``which`` (``test_checkpoint``), ``file`` (in the run folder; ``links_to`` the
+        file that holds it, for a link) and ``epoch`` (counted from 1, as in metrics.csv) of
+        the checkpoint that was validated and tested; ``file: null`` for the weights in memory
+        after the fit (the final epoch's), when no checkpoint was saved."""
+        if self._evaluated_checkpoint is not None:
+            return self._evaluated_checkpoint
+        return {"which": "last", "file": None, "epoch": trainer.current_epoch}
+
+    def _checkpoint_record(self, ckpt_path, checkpoint: dict) -> dict:
+        which = (self.results.get("config") or {}).get("test_checkpoint")
+        record = {"which": which, "file": None, "epoch": epochs_ended(checkpoint)}
+        if ckpt_path:
+            path = Path(ckpt_path)
+            run_dir = os.path.realpath(self.run_dir)
+            named = os.path.join(os.path.realpath(path.parent), path.name)  # the link itself
+            record["file"] = os.path.relpath(named, run_dir)
+            if path.is_symlink():
+                record["links_to"] = os.path.relpath(os.path.realpath(path), run_dir)
+        return record
+
+    def _resume_record(self, ckpt_path, checkpoint: dict) -> dict:
+        """``file`` (relative to the run folder when inside it) and ``epoch`` (counted from 1,
+        as in metrics.csv: the epochs it holds) of the checkpoint a resumed fit started from."""
+        path = os.path.abspath(ckpt_path)
+        inside = path.startswith(os.path.abspath(self.run_dir) + os.sep)
+        return {"file": os.path.relpath(path, self.run_dir) if inside else path,
+                "epoch": epochs_ended(checkpoint)}
 
     def _confusion(self, pl_module: pl.LightningModule, stage: str) -> None:
         matrix = getattr(pl_module, "confusion_matrices", {}).get(stage)

@@ -93,9 +93,9 @@ SCHEDULERS = {"none": None, "cosine": torch.optim.lr_scheduler.CosineAnnealingLR
               "step": torch.optim.lr_scheduler.StepLR,
               "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau}
 TIMM_NAMES = {"inception_v3": "inception_v3", "xception": "legacy_xception", "vgg16": "vgg16"}
-# the run folder's writers, as conf/callbacks/default.yaml lists them (any order works)
-RUN_FOLDER_CALLBACKS = ["ModelCheckpoint", "EpochHistory", "SplitManifest", "TestPredictions",
-                        "ResultsJSON", "RunPlots", "DivergenceGuard"]
+# the callbacks, as conf/callbacks/default.yaml lists them (any order works)
+RUN_FOLDER_CALLBACKS = ["BestAndLastCheckpoint", "EpochHistory", "SplitManifest", "TestPredictions",
+                        "ResultsJSON", "RunPlots", "DivergenceGuard", "EpochSeeding"]
 CLASSES = {"brain_mri": ["no", "yes"], "cardiomegaly": ["normal", "cardiomegaly"],
            "covid3": ["normal", "pneumonia", "COVID-19"], "pneumonia": ["NORMAL", "PNEUMONIA"],
            "folder": ["cat", "dog"], "demo_brain_mri": ["no", "yes"],

@@ -11,8 +11,13 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
+
+from medrepro.core.errors import disk_full_behind
 
 RESULTS_JSON = "results.json"
 METRICS_CSV = "metrics.csv"
@@ -25,17 +30,32 @@ CHECKPOINTS_FOLDER = "checkpoints"
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename,
     so that a reader (or a crash) never leaves half a file behind."""
+    with atomic_file(path) as stream:
+        stream.write(text)
+    return Path(path)
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file in ``path``'s folder for writing; when the block ends without
+    an error, flush it to disk and rename it to ``path`` (replacing a file, or a symbolic
+    link itself, never the file a link points to). On any error (a full disk, a crash of
+    the writer) the temporary file is removed and ``path`` keeps its old content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, mode) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        full = disk_full_behind(error)
+        if full is not None:  # name the file that did not fit (torch.save's error does not)
+            raise OSError(full.errno, full.strerror, str(path)) from error
         raise
-    return path
 
 
 def write_results(path: str | Path, results: dict) -> Path:
@@ -51,11 +71,29 @@ def read_results(run_dir: str | Path) -> dict | None:
         return None
 
 
-def mark_failed(run_dir: str | Path, status: str, message: str) -> None:
-    """Record in the run's results.json that it ``failed`` (or ``diverged``) and why."""
+def mark_failed(run_dir: str | Path, status: str, message: str, failed_at: str | None = None,
+                config: dict | None = None) -> None:
+    """Record in the run's results.json that it ``failed`` (or ``diverged``, or was
+    ``interrupted``), why (``error``: one sentence) and at which step (``failed_at``).
+    ``config`` is recorded when results.json has none yet (a job that stopped before
+    training). On a full disk, where the atomic write's second copy does not fit, the file
+    is rewritten in place instead: its old content's space is reused, so the record stays
+    honest rather than ``running``."""
+    path = Path(run_dir) / RESULTS_JSON
     results = read_results(run_dir) or {}
+    if config is not None and "config" not in results:
+        results["config"] = config
     results.update(status=status, error=message, finished_at=now())
-    write_results(Path(run_dir) / RESULTS_JSON, results)
+    if failed_at is not None:
+        results["failed_at"] = failed_at
+    try:
+        write_results(path, results)
+    except OSError:
+        if not path.is_file():
+            raise
+        with open(path, "r+") as stream:  # truncate, then write into the freed space
+            stream.truncate(0)
+            stream.write(json.dumps(results, indent=2, default=str, allow_nan=True))
 
 
 def class_key(class_name: str) -> str:

@@ -10,11 +10,15 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 
+from medrepro.callbacks.checkpointing import AtomicCheckpointIO
+from medrepro.callbacks.progress_bar import EpochProgressBar
 from medrepro.core.errors import ConfigError
 from medrepro.core.precision import resolve_precision
 from medrepro.datamodules.audit.preflight import check_before_training
-from medrepro.jobs.resume import completed_results
+from medrepro.jobs.job_steps import enter_step
+from medrepro.jobs.resume import check_checkpoint_fits, prepare_run_folder
 from medrepro.jobs.settings_check import check_settings
 
 log = logging.getLogger(__name__)
@@ -24,37 +28,48 @@ TRAINER_KEYS_NOT_FOR_LIGHTNING = ("batch_size", "compile")
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one job; return its test metrics (``test/acc``, ``test/auroc``, ...).
 
-    A job whose run folder already holds the completed results of the same resolved
-    configuration (a sweep re-run into the same ``hydra.sweep.dir``) is not run again.
+    The run folder is prepared first (:func:`~medrepro.jobs.resume.prepare_run_folder`): a
+    job whose configuration already completed is not run again, ``ckpt_path`` (or an
+    interrupted job of a sweep re-run) resumes the fit from a checkpoint, and an earlier
+    attempt's files are moved aside before a fresh start.
     """
+    enter_step("settings_check")
     which_checkpoint = check_settings(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    previous = completed_results(output_dir, cfg)
-    if previous is not None:
-        log.info("Skipped: %s already holds the completed results of this configuration.", output_dir)
-        return {f"test/{key}": value for key, value in previous["test"].items()}
+    start = prepare_run_folder(cfg)
+    if start.completed is not None:
+        return {f"test/{key}": value for key, value in start.completed["test"].items()}
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    enter_step("data_loading")
     augment = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None
     datamodule = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
 
+    enter_step("model_building")
     model = build_model(cfg, datamodule.class_names, datamodule.model_channels)
     if cfg.trainer.get("compile", False):
         model.backbone.compile()  # in place: checkpoints keep the plain parameter names
+    if start.checkpoint is not None:
+        check_checkpoint_fits(model, start.checkpoint)
     callbacks = build_callbacks(cfg)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = build_trainer(cfg, callbacks, logger, output_dir)
 
+    enter_step("data_check")
     check_before_training(datamodule)  # the quick data audit: stops on leakage or bad files
-    trainer.fit(model, datamodule=datamodule)
+    enter_step("training")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=start.checkpoint, weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt
     # divergence: the callbacks' DivergenceGuard has already stopped the fit
-    checkpoint = which_checkpoint if _has_checkpoints(trainer) else None  # None: the weights in memory
-    trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]
+    checkpoint = checkpoint_to_test(trainer, which_checkpoint)  # None: the weights in memory
+    enter_step("validation")
+    trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False,
+                     weights_only=True)
+    enter_step("testing")
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)[0]
     log.info("Run folder: %s", output_dir.resolve())
     return results
 
@@ -100,15 +115,27 @@ def build_trainer(cfg: DictConfig, callbacks, logger, output_dir: Path) -> pl.Tr
     settings["precision"] = resolve_precision(settings.get("precision"), settings.get("accelerator"))
     if settings.get("benchmark") == "auto":  # cudnn.benchmark unless results must be reproducible
         settings["benchmark"] = not settings.get("deterministic")
+    bar_given = any(isinstance(c, ProgressBar) for c in callbacks)
+    if settings.get("enable_progress_bar", True) and not bar_given:
+        callbacks = [*callbacks, EpochProgressBar()]  # "Epoch 1/10", as metrics.csv counts
+    # checkpoints written through a temporary file and a rename: a full disk never truncates one
+    plugins = [*(settings.pop("plugins", None) or []), AtomicCheckpointIO()]
     try:
         return pl.Trainer(
-            **settings, callbacks=callbacks, logger=logger, default_root_dir=str(output_dir)
+            **settings, callbacks=callbacks, logger=logger, plugins=plugins,
+            default_root_dir=str(output_dir),
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"Invalid trainer setting: {error}. Check the trainer.* overrides.") from error
 
 
-def _has_checkpoints(trainer: pl.Trainer) -> bool:
-    """Whether the fit saved checkpoints (a ModelCheckpoint callback that wrote one)."""
+def checkpoint_to_test(trainer: pl.Trainer, which: str) -> str | None:
+    """The checkpoint file ``test_checkpoint`` names after the fit: ``best``, the best by the
+    monitored metric, or ``last``, the weights after the final epoch (``last.ckpt``, or the
+    best checkpoint it links to). ``None`` when the fit saved none: the weights in memory,
+    which are the final epoch's, are tested."""
     callback = trainer.checkpoint_callback
-    return callback is not None and bool(getattr(callback, "best_model_path", ""))
+    path = getattr(callback, f"{which}_model_path", "") if callback is not None else ""
+    if not path:
+        log.warning("No %s checkpoint was saved; validating and testing the final weights.", which)
+    return path or None
