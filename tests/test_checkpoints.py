@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -42,6 +43,7 @@ from sklearn import metrics as skm
 from torch.utils.data import DataLoader, TensorDataset
 
 from medrepro.callbacks.checkpointing import AtomicCheckpointIO
+from medrepro.core.run_folder import write_atomic
 from medrepro.jobs.training import build_trainer, train
 
 SIZE, MEAN, STD = 32, 0.5, 0.25
@@ -543,3 +545,16 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(images, best_run, tmp_path):
     assert checkpoint_epoch_from_1(kept / "last.ckpt") == 1
     _, loss = evaluate(kept / "last.ckpt", run_dir, "val")
     assert loss == pytest.approx(history(run_dir)["val/loss"].iloc[0], rel=1e-4, abs=1e-6)
+
+
+def test_run_folder_files_get_the_permissions_of_a_plain_open(tmp_path):
+    """Files written atomically (results.json, checkpoints) are readable by the group and
+    others as the umask allows, like any file the user creates, not private 0600 files."""
+    old = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "results.json", "{}")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644

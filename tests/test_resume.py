@@ -203,6 +203,11 @@ def test_resuming_another_configuration_or_model_stops_with_one_sentence(whole_r
     with pytest.raises(ConfigError, match=r"holds a run of another configuration \(differing in optimizer\.lr\)"):
         train(compose_config(other, run_dir))
     assert tree_digest(run_dir) == tree_digest(whole_run)
+    # as python train.py runs it: exit 1, and the other run's results.json still says completed
+    with pytest.raises(SystemExit) as stop:
+        run_job(compose_config(other, run_dir))
+    assert stop.value.code == 1
+    assert tree_digest(run_dir) == tree_digest(whole_run)
     epoch1 = whole_run / "checkpoints" / "best-epoch001.ckpt"
     features = timm.create_model("test_resnet").num_features
     with pytest.raises(ConfigError, match=rf"holds the weights of another model .*backbone\.fc\.weight: "

@@ -45,6 +45,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
         with os.fdopen(handle, mode) as stream:
             yield stream
             stream.flush()
@@ -56,6 +57,12 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
         if full is not None:  # name the file that did not fit (torch.save's error does not)
             raise OSError(full.errno, full.strerror, str(path)) from error
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_results(path: str | Path, results: dict) -> Path:

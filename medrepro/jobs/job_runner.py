@@ -33,8 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from medrepro.core.errors import TrainingDiverged, UserError, disk_full_behind, user_error_behind
 from medrepro.core.quiet import FILE_ONLY
-from medrepro.core.run_folder import CHECKPOINTS_FOLDER, mark_failed
+from medrepro.core.run_folder import CHECKPOINTS_FOLDER, mark_failed, read_results
 from medrepro.jobs.job_steps import FIRST_STEP, current_step, describe_step, enter_step
+from medrepro.jobs.resume import same_configuration
 from medrepro.jobs.training import train
 
 log = logging.getLogger(__name__)
@@ -136,14 +137,25 @@ def _first_line(error: BaseException) -> str:
 
 
 def _record(cfg: DictConfig, status: str, message: str) -> None:
-    """Print ``Error: <sentence>`` and write it into results.json (as far as the disk allows)."""
+    """Print ``Error: <sentence>`` and write it into results.json (as far as the disk allows).
+
+    The sentence stays one line (a newline in a file name is shown as ``\\n``). A results.json
+    of another configuration (a job stopped before it moved an earlier run aside, e.g.
+    ``ckpt_path=last`` with other overrides) is left as it was: it describes that run."""
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
     print(f"\nError: {message}", file=sys.stderr)
     log.error("Error: %s", message, extra={FILE_ONLY: True})
     output_dir = _output_dir(cfg)
     if output_dir is None or not output_dir.is_dir():
         return
+    resolved = _resolved(cfg)
+    earlier = read_results(output_dir)
+    if earlier and earlier.get("config") is not None and not same_configuration(earlier["config"], resolved):
+        print(f"(results.json in {output_dir} records another configuration's run and was "
+              "left as it was)", file=sys.stderr)
+        return
     try:
-        mark_failed(output_dir, status, message, failed_at=current_step(), config=_resolved(cfg))
+        mark_failed(output_dir, status, message, failed_at=current_step(), config=resolved)
     except OSError as error:
         print(f"(results.json in {output_dir} could not be updated: {error})", file=sys.stderr)
 
@@ -164,7 +176,7 @@ def _output_dir(cfg: DictConfig) -> Path | None:
 def _log_file() -> str | None:
     """The job's log file (Hydra's file handler), if any."""
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_file():
             return handler.baseFilename
     return None
 
