@@ -37,7 +37,7 @@ from test_dicom import write_dicom
 from medrepro.datamodules.audit.audit_report import summary_lines
 from medrepro.datamodules.audit.data_audit import audit_data
 from medrepro.datamodules.audit.file_inspection import inspect_file
-from medrepro.datamodules.transforms.image_reader import read_image
+from medrepro.datamodules.transforms.image_reader import ImageTooLarge, read_image
 from medrepro.jobs.job_runner import run_job
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -314,6 +314,20 @@ def assert_trained(case: Case, root: Path, run: Path, log: str) -> None:
         [group] = data["allowed_leakage"]["identical_files_with_different_labels"]
         assert sorted(f["path"] for f in group["files"]) == [str(root / p) for p in case.allowed]
         assert {f["label"] for f in group["files"]} == {"a", "b"}
+
+
+def test_a_refused_bomb_is_reported_once_without_pillows_warning(large_pngs, monkeypatch):
+    """The 20000² image (400 million pixels: above the default limit, at twice Pillow's guard
+    once raised to it) is refused by the header check and by the reader with our sentence
+    alone: Pillow's own DecompressionBombWarning is not printed before it."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PILLOWS_DEFAULT_LIMIT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        facts = inspect_file(large_pngs[20000])
+        with pytest.raises(ImageTooLarge, match="decompression bomb: 20000x20000 = 400,000,000"):
+            read_image(large_pngs[20000])
+    assert "decompression bomb" in facts.problem
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 # --- large images that are not bombs -------------------------------------------------------------

@@ -27,7 +27,7 @@ from medrepro.datamodules.transforms.image_reader import (
     DICOM_EXTENSIONS,
     ImageTooLarge,
     UnreadableImage,
-    allow_pixels,
+    open_image,
     pixels_in_bomb_error,
     read_image,
 )
@@ -124,9 +124,8 @@ def _read_header(facts: FileFacts, data: bytes, max_pixels: int) -> None:
     if Path(facts.path).suffix.lower() in DICOM_EXTENSIONS:
         _read_dicom_header(facts, data)
         return
-    allow_pixels(max_pixels)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data), max_pixels) as image:
             facts.format, facts.mode = image.format, image.mode
             facts.width, facts.height = image.size
             facts.bit_depth = _bit_depth(image)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -117,6 +118,18 @@ def allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = int(max_pixels)
 
 
+def open_image(source, max_pixels: int) -> Image.Image:
+    """``Image.open(source)`` for a caller that checks ``max_pixels`` itself
+    (:func:`check_pixel_count`): Pillow's guard is raised to the limit and its
+    ``DecompressionBombWarning`` for images between its guard and twice it is not printed
+    (above twice it, Pillow still raises ``DecompressionBombError``), so a refused image is
+    reported once, in our sentence."""
+    allow_pixels(max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)
+
+
 def pixels_in_bomb_error(error: Exception | str) -> int | None:
     """The pixel count in Pillow's ``DecompressionBombError`` message (or in our own
     reason, :meth:`ImageTooLarge.reason_phrase`), when it says one."""
@@ -154,8 +167,7 @@ def read_image(path: str | Path, channels: int = 1, max_pixels: int | None = Non
 
 
 def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
-    allow_pixels(max_pixels)
-    with Image.open(path) as image:
+    with open_image(path, max_pixels) as image:
         check_pixel_count(path, *image.size, max_pixels)
         image.load()
         if image.mode == "P":
