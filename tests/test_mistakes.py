@@ -121,6 +121,7 @@ class Case:
     exit_code: int
     sentence: tuple[str, ...] = ()
     stops_at: str | None = None
+    status: str = "failed"
 
 
 SETTINGS = "settings_check"  # before any data is read, cached or trained
@@ -143,6 +144,9 @@ CATALOGUE = [
          ("seed must be a whole number from 0 to 4294967295", "such as 0", "'abc'"), SETTINGS),
     Case("seed negative", two_classes, ("seed=-1",), 1, ("seed must be a whole number", "not -1"),
          SETTINGS),
+    # a learning rate that makes the loss explode (finite: about 1e25) ends as diverged
+    Case("lr 1e12", two_classes, ("optimizer.lr=1e12",), 1,
+         ("Training diverged", "lower optimizer.lr."), "training", status="diverged"),
     Case("max_epochs zero", two_classes, ("trainer.max_epochs=0",), 1,
          ("trainer.max_epochs must be a whole number of epochs, 1 or more", "not 0"), SETTINGS),
     Case("no training batches", two_classes, ("trainer.limit_train_batches=0",), 1,
@@ -258,7 +262,7 @@ def test_catalogue(case, tmp_path, capsys):
         assert fill(words, root, tmp_path) in sentence, sentence
     assert sentence[-1] in ".?" and "Error:" not in sentence
     results = json.loads((run / "results.json").read_text())
-    assert results["status"] == "failed" and results["error"] == sentence
+    assert results["status"] == case.status and results["error"] == sentence
     assert "\n" not in results["error"]  # the sentence is one line
     assert results["failed_at"] == case.stops_at
     assert not (run / "checkpoints").exists() and not (run / "metrics.csv").exists()
