@@ -73,6 +73,36 @@ def write_gray(path: Path, value: int, size: int = 24) -> Path:
     return path
 
 
+def write_noisy_splits(root: Path, counts: dict[str, int], size: int) -> Path:
+    """``root/<split>/{dark,bright}/`` with ``counts[split]`` noisy grey ``size`` px PNGs per
+    class (seeded): ``bright`` images are brighter on average than ``dark`` ones."""
+    rng = np.random.default_rng(0)
+    for split, count in counts.items():
+        for name, centre in (("dark", 110), ("bright", 145)):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(centre + rng.normal(0, 40, (size, size)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}{i}.png")
+    return root
+
+
+def stop_sentence(cfg: DictConfig, capsys, exit_code: int = 1) -> str:
+    """Run the job as ``python train.py`` does (``run_job``); check that it stops with
+    ``exit_code`` and no traceback, and return its one sentence (``Error: ...``, the last
+    line on stderr)."""
+    from medrepro.jobs.job_runner import run_job
+
+    with pytest.raises(SystemExit) as stop:
+        run_job(cfg)
+    assert stop.value.code == exit_code
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr, stderr
+    sentence = stderr.rstrip("\n").splitlines()[-1].removeprefix("Error: ")
+    assert "Error:" not in sentence, sentence
+    return sentence
+
+
 @pytest.fixture
 def class_folders(tmp_path) -> Path:
     """``root/{cat,dog}/`` with 10 images each (no two alike): two patients per file-name

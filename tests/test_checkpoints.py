@@ -37,7 +37,7 @@ import pytest
 import pytorch_lightning as pl
 import timm
 import torch
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, write_noisy_splits
 from PIL import Image
 from sklearn import metrics as skm
 from torch.utils.data import DataLoader, TensorDataset
@@ -67,16 +67,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def images(tmp_path_factory) -> Path:
     """``train/`` 16, ``val/`` 8 and ``test/`` 8 noisy grey images per class; ``bright``
     images are brighter on average than ``dark`` ones."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 16), ("val", 8), ("test", 8)):
-        for name, centre in (("dark", 110), ("bright", 145)):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(centre + rng.normal(0, 40, (SIZE, SIZE)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{name}{i}.png")
-    return root
+    return write_noisy_splits(tmp_path_factory.mktemp("images"), {"train": 16, "val": 8, "test": 8}, SIZE)
 
 
 def run(images: Path, out: Path, which: str) -> Path:

@@ -21,13 +21,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import REPO, compose_config
-from PIL import Image
+from conftest import REPO, compose_config, write_noisy_splits
 
 from medrepro.core.errors import ConfigError
 from medrepro.jobs.job_runner import run_job
@@ -51,16 +49,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def images(tmp_path_factory) -> Path:
     """``train/`` 32, ``val/`` 6 and ``test/`` 6 noisy grey 32 px images per class (``bright``
     ones brighter on average): 32 training batches of 2 per epoch."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 32), ("val", 6), ("test", 6)):
-        for name, centre in (("dark", 110), ("bright", 145)):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(centre + rng.normal(0, 40, (SIZE, SIZE)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{name}{i}.png")
-    return root
+    return write_noisy_splits(tmp_path_factory.mktemp("images"), {"train": 32, "val": 6, "test": 6}, SIZE)
 
 
 def overrides(images: Path, *extra: str) -> list[str]:
