@@ -38,7 +38,8 @@ class EpochSeeding(pl.Callback):
     of the checkpoint being resumed, given to ``on_load_checkpoint``); every later epoch in
     ``on_train_epoch_start``, before its iterator. DataLoader workers are seeded by torch
     from that base seed when they start: with ``persistent_workers`` they start once per fit,
-    so their augmentation depends on the epoch the fit started at. A checkpoint saved before
+    so their augmentation depends on the epoch the fit started at (the data config turns
+    ``persistent_workers`` off with ``trainer.deterministic=true``). A checkpoint saved before
     its epoch ended (validation less often than once per epoch) cannot be resumed exactly:
     Lightning ends that epoch again; a warning says so.
     """

@@ -105,6 +105,23 @@ def test_ckpt_path_file_resumes_another_runs_checkpoint_to_the_uninterrupted_res
     assert steps == [64, 96]  # 32 batches per epoch, counted on from the checkpoint's 32
 
 
+def test_a_deterministic_run_with_dataloader_workers_resumes_to_the_uninterrupted_result(
+        images, tmp_path):
+    """With two DataLoader workers (the augmentation then runs in the workers) and
+    trainer.deterministic=true, the workers restart every epoch (persistent_workers follows
+    deterministic), so a run resumed from epoch 1 ends exactly as the uninterrupted one."""
+    workers = ["data.loader.num_workers=2", "trainer.max_epochs=2", *EVERY_EPOCH]
+    whole = tmp_path / "whole"
+    cfg = compose_config(overrides(images, *workers), whole)
+    assert cfg.data.loader.persistent_workers is False
+    train(cfg)
+    epoch1 = whole / "checkpoints" / "best-epoch001.ckpt"
+    resumed = tmp_path / "resumed"
+    train(compose_config(overrides(images, *workers, f"ckpt_path={epoch1}"), resumed))
+    assert_same_outcome(resumed, whole, same_checkpoints=False)
+    assert results(resumed)["resumed_from"]["epoch"] == 1
+
+
 def test_a_run_resumed_without_per_epoch_seeding_would_draw_other_numbers(whole_run, images, tmp_path):
     """The premise of the comparisons: the random streams matter here. Resumed the same way
     but without the epoch_seeding callback, the run ends with other numbers."""

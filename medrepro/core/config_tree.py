@@ -17,3 +17,6 @@ CONFIG_DIR = Path(medrepro.conf.__file__).resolve().parent
 
 # ${medrepro_workdir:}: the folder the command was started in (outputs/ and data/ go below it)
 OmegaConf.register_new_resolver("medrepro_workdir", os.getcwd, replace=True)
+# ${medrepro_not:VALUE}: the boolean negation (data.loader.persistent_workers follows
+# trainer.deterministic with it)
+OmegaConf.register_new_resolver("medrepro_not", lambda value: not bool(value), replace=True)
