@@ -251,6 +251,29 @@ def test_a_fresh_start_in_a_used_folder_moves_the_earlier_attempt_aside(whole_ru
     assert results(run_dir)["config"]["trainer"]["max_epochs"] == 1
 
 
+@pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "SLURM_PROCID"])
+def test_a_second_ddp_process_leaves_the_run_folder_to_the_first(whole_run, images, tmp_path,
+                                                                  monkeypatch, variable):
+    """The second process of a multi-process run (DDP re-runs the command with a rank set)
+    prepares nothing: the first process's files (another configuration here) stay in place,
+    and ckpt_path still names the checkpoint both processes resume from."""
+    from medrepro.jobs.resume import prepare_run_folder
+
+    run_dir = tmp_path / "shared"
+    shutil.copytree(whole_run, run_dir, symlinks=True)
+    monkeypatch.setenv(variable, "1")
+    start = prepare_run_folder(compose_config(overrides(images, "optimizer.lr=0.5"), run_dir))
+    assert start.checkpoint is None and start.completed is None
+    assert tree_digest(run_dir) == tree_digest(whole_run)
+    epoch1 = whole_run / "checkpoints" / "best-epoch001.ckpt"
+    start = prepare_run_folder(compose_config(overrides(images, f"ckpt_path={epoch1}"), run_dir))
+    assert start.checkpoint == epoch1
+    assert tree_digest(run_dir) == tree_digest(whole_run)
+    monkeypatch.setenv(variable, "0")  # the first process does move the other configuration aside
+    prepare_run_folder(compose_config(overrides(images, "optimizer.lr=0.5"), run_dir))
+    assert (run_dir / "previous").is_dir() and not (run_dir / "results.json").exists()
+
+
 def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})

@@ -65,9 +65,30 @@ def prepare_run_folder(cfg: DictConfig) -> JobStart:
     config = resolved_config(cfg)
     requested = cfg.get("ckpt_path")
     sweep_dir = _sweep_dir(output_dir)
+    if not _is_first_process():
+        return _start_of_another_rank(output_dir, requested)
     # jobs of one sweep that run at once move files between each other's folders
     with FileLock(str(sweep_dir / LOCK_FILE)) if sweep_dir is not None else nullcontext():
         return _prepare(output_dir, config, None if requested is None else str(requested), sweep_dir)
+
+
+# the variables by which Lightning (LOCAL_RANK, NODE_RANK), torchrun (RANK) and SLURM
+# (SLURM_PROCID) tell a process of a multi-process run that it is not the first one
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def _is_first_process() -> bool:
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
+
+
+def _start_of_another_rank(output_dir: Path, requested) -> JobStart:
+    """The start of a process other than the first in a multi-process run (DDP): the
+    checkpoint ``ckpt_path`` names, decided without moving any file (the first process has
+    prepared the run folder and is writing into it). A sweep job's automatic resume is the
+    first process's decision only."""
+    if requested is not None:
+        return JobStart(checkpoint=resolve_checkpoint(str(requested), output_dir))
+    return JobStart()
 
 
 def _prepare(output_dir: Path, config: dict, requested: str | None, sweep_dir: Path | None) -> JobStart:
