@@ -317,7 +317,9 @@ def _other_configuration_sentence(requested: str, output_dir: Path, earlier: dic
     keys = configuration_differences(earlier.get("config") or {}, config) or ["its configuration"]
     shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
     return (f"ckpt_path={requested}: {output_dir} holds a run of another configuration "
-            f"(differing in {shown}); resume with the overrides that run was started with.")
+            f"(differing in {shown}); resume with the overrides that run was started with, "
+            f"or start a new run folder from its checkpoint with "
+            f"ckpt_path={output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT}.")
 
 
 def _previous_folder(run_dir: Path, earlier: dict | None, entries: list[Path]) -> Path:
