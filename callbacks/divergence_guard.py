@@ -75,17 +75,8 @@ class DivergenceGuard(pl.Callback):
         worst, self._worst = self._worst, None
         if worst is None:
             return
-        value = float(worst)  # the one read-back
-        where = f"by epoch {trainer.current_epoch + 1}, batch {self._last_batch}"
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"Training diverged: the training loss became NaN or infinite {where}; {ADVICE}."
-            )
-        if self._too_large(value):
-            raise TrainingDiverged(
-                f"Training diverged: the training loss reached {value:.3g} {where}, more than "
-                f"callbacks.divergence_guard.max_loss={self.max_loss:g}; {ADVICE}."
-            )
+        where = f" by epoch {trainer.current_epoch + 1}, batch {self._last_batch}"
+        self._raise_if_bad(float(worst), "the training loss", where)  # the one read-back
 
     # ------------------------------------------------------------------ validation loss
 
@@ -95,19 +86,21 @@ class DivergenceGuard(pl.Callback):
         loss = trainer.callback_metrics.get(self.validation_loss)
         if loss is None:
             return
-        value = float(loss)
-        if math.isfinite(value) and not self._too_large(value):
-            return
-        fitting = trainer.state.fn == TrainerFn.FITTING
-        loss, when = (("the validation loss", f" in epoch {trainer.current_epoch + 1}") if fitting
-                      else ("the tested checkpoint's validation loss", ""))
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._raise_if_bad(float(loss), "the validation loss", f" in epoch {trainer.current_epoch + 1}")
+        else:
+            self._raise_if_bad(float(loss), "the tested checkpoint's validation loss", "")
+
+    def _raise_if_bad(self, value: float, what: str, where: str) -> None:
+        """Raise when ``value`` (``what``, measured ``where``) is not finite or above
+        ``max_loss``."""
         if not math.isfinite(value):
+            raise TrainingDiverged(f"Training diverged: {what} became NaN or infinite{where}; {ADVICE}.")
+        if self._too_large(value):
             raise TrainingDiverged(
-                f"Training diverged: {loss} became NaN or infinite{when}; {ADVICE}.")
-        raise TrainingDiverged(
-            f"Training diverged: {loss} reached {value:.3g}{when}, more than "
-            f"callbacks.divergence_guard.max_loss={self.max_loss:g}; {ADVICE}."
-        )
+                f"Training diverged: {what} reached {value:.3g}{where}, more than "
+                f"callbacks.divergence_guard.max_loss={self.max_loss:g}; {ADVICE}."
+            )
 
     # ------------------------------------------------------------------ test outputs
 

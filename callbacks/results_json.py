@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 
 from medrepro.core.checkpoint_epochs import epochs_ended
 from medrepro.core.environment import device_description, package_versions
-from medrepro.core.run_folder import METRICS_CSV, RESULTS_JSON, now, write_results
+from medrepro.core.run_folder import METRICS_CSV, RESULTS_JSON, is_inside, now, write_results
 
 
 class ResultsJSON(pl.Callback):
@@ -114,7 +114,7 @@ class ResultsJSON(pl.Callback):
         """``file`` (relative to the run folder when inside it) and ``epoch`` (counted from 1,
         as in metrics.csv: the epochs it holds) of the checkpoint a resumed fit started from."""
         path = os.path.abspath(ckpt_path)
-        inside = path.startswith(os.path.abspath(self.run_dir) + os.sep)
+        inside = is_inside(path, self.run_dir)
         return {"file": os.path.relpath(path, self.run_dir) if inside else path,
                 "epoch": epochs_ended(checkpoint)}
 

@@ -94,7 +94,8 @@ def check_input_size(name: str, image_size: int) -> None:
             model = timm.create_model(str(name), num_classes=1, in_chans=1).eval()
         except Exception:  # noqa: BLE001  (building the real model says what is wrong)
             return
-        if _takes(model, image_size) is None:
+        reason = _takes(model, image_size)
+        if reason is None:
             return
         usual = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
         if _takes(model, usual) is not None:
@@ -102,7 +103,7 @@ def check_input_size(name: str, image_size: int) -> None:
         if image_size > usual:
             raise ConfigError(
                 f"model.name={name} cannot take images of data.image_size={image_size} px "
-                f"({_takes(model, image_size)}); set data.image_size={usual}, its usual size."
+                f"({reason}); set data.image_size={usual}, its usual size."
             )
         smallest = _smallest_size(model, image_size, usual)
     raise ConfigError(

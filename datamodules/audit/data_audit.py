@@ -46,16 +46,20 @@ NEAR_DISTANCE = 4
 def inspect_manifest(
     manifest: pd.DataFrame, quick: bool, workers: int | None = None,
     store_dir: str | Path | None = None, max_pixels: int | None = None,
+    store: FileFactsStore | None = None,
 ) -> pd.DataFrame:
     """The manifest with one column per :class:`FileFacts` field, in the same row order.
 
-    With ``store_dir`` (quick inspections only), facts of unchanged files are taken from
-    the :class:`FileFactsStore` there instead of reading the files again. Images of more
+    With ``store_dir`` or an open ``store`` (quick inspections only), facts of unchanged
+    files are taken from the :class:`FileFactsStore` there instead of reading the files
+    again. Images of more
     than ``max_pixels`` pixels get the problem ``possible decompression bomb``."""
     workers = workers or min(8, os.cpu_count() or 1)
     max_pixels = int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS)
     paths = manifest["path"].tolist()
-    store = FileFactsStore(store_dir) if quick and store_dir else None
+    if store is None and store_dir:
+        store = FileFactsStore(store_dir)
+    store = store if quick else None
     keys = [file_key(p) for p in paths] if store else []
     known = store.facts if store else {}
     missing = [p for p, k in zip(paths, keys) if k not in known] if store else paths

@@ -14,20 +14,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from medrepro.datamodules.audit.file_facts_store import FileFactsStore, file_key
 from medrepro.datamodules.transforms.image_reader import UnreadableImage, read_image
 
 
 def undecodable_files(
-    paths: Sequence[str], max_pixels: int, store_dir: str | Path | None = None,
+    paths: Sequence[str], max_pixels: int, store: FileFactsStore | None = None,
     workers: int | None = None,
 ) -> dict[str, UnreadableImage]:
     """The files of ``paths`` that :func:`read_image` cannot decode, with the error of each
-    (in the order of ``paths``)."""
-    store = FileFactsStore(store_dir) if store_dir else None
-    keys = {path: file_key(path) for path in paths}
+    (in the order of ``paths``); files ``store`` remembers as decoded are not read again."""
+    keys = {path: file_key(path) for path in paths} if store is not None else {}
     pending = [p for p in paths if store is None or keys[p] not in store.decoded]
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         errors = dict(zip(pending, pool.map(lambda p: _decoding_error(p, max_pixels), pending)))

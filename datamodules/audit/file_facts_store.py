@@ -48,10 +48,10 @@ class FileFactsStore:
         except (OSError, ValueError, KeyError, AttributeError, TypeError):
             self.facts, self.decoded = {}, set()
 
-    def save(self) -> bool:
+    def save(self) -> None:
         """Write atomically (temporary file, then rename): concurrent jobs never see half a
         file; the last writer wins, which is harmless since facts depend only on the file.
-        A folder that cannot be written is skipped (logged); returns whether it was saved."""
+        A folder that cannot be written is skipped (logged)."""
         text = json.dumps({"version": VERSION, "facts": self.facts,
                            "decoded": sorted(self.decoded)})
         try:
@@ -59,5 +59,3 @@ class FileFactsStore:
         except OSError as error:
             log.info("Not remembering the file checks in %s (%s); the next run checks the "
                      "files again.", self.path.parent, error)
-            return False
-        return True

@@ -36,6 +36,7 @@ from medrepro.datamodules.audit.data_audit import (
     patients_in_several_splits,
 )
 from medrepro.datamodules.audit.decoding_check import undecodable_files
+from medrepro.datamodules.audit.file_facts_store import FileFactsStore
 from medrepro.datamodules.audit.file_inspection import TOO_LARGE, UNREADABLE, decoding_problem
 from medrepro.datamodules.transforms.image_reader import (
     ImageTooLarge,
@@ -52,14 +53,15 @@ def check_before_training(datamodule) -> dict:
     """Run the checks on ``datamodule.manifest`` (after ``setup``); return the facts for
     results.json and store them as ``datamodule.data_checks``."""
     limit = datamodule.checks.pixel_limit
-    table = inspect_manifest(_used(datamodule.manifest), quick=True,
-                             store_dir=datamodule.cache.dir, max_pixels=limit)
+    # read once, for the header and the decoding checks
+    store = FileFactsStore(datamodule.cache.dir) if datamodule.cache.dir else None
+    table = inspect_manifest(_used(datamodule.manifest), quick=True, store=store, max_pixels=limit)
     checks: dict = {}
 
     skipped = _leave_out(datamodule, file_problems(table), limit)
     table = table[table["problem"].isna()]
     checks.update(_leakage(datamodule, table))
-    skipped += _leave_out(datamodule, _decoding_problems(datamodule, limit), limit)
+    skipped += _leave_out(datamodule, _decoding_problems(datamodule, limit, store), limit)
     if skipped:
         log.warning("Skipped %d unreadable file(s) (%s); results.json lists them under "
                     "data.skipped_unreadable.", len(skipped), SKIP_SETTING)
@@ -114,14 +116,14 @@ def _leave_out(datamodule, problems: list[dict], max_pixels: int) -> list[dict]:
     return problems
 
 
-def _decoding_problems(datamodule, max_pixels: int) -> list[dict]:
+def _decoding_problems(datamodule, max_pixels: int, store: FileFactsStore | None) -> list[dict]:
     """Decode every train/val/test file once: the cache build with the cache on, else a
     decoding pass; the files that could not be decoded, as audit problems."""
     used = _used(datamodule.manifest)
     if datamodule.cache.enabled:
         reasons = datamodule.open_cache().unreadable
     else:
-        errors = undecodable_files(used["path"].tolist(), max_pixels, datamodule.cache.dir)
+        errors = undecodable_files(used["path"].tolist(), max_pixels, store)
         reasons = {path: error.reason for path, error in errors.items()}
     return as_problems(used, reasons)
 

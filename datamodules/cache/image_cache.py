@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from medrepro.core.errors import ConfigError, DataError
+from medrepro.core.run_folder import write_atomic
 from medrepro.datamodules.image_dataset import preprocess_image
 from medrepro.datamodules.transforms import image_reader
 from medrepro.datamodules.transforms.image_reader import UnreadableImage
@@ -268,7 +269,7 @@ def _build(images: _PreprocessedBytes, array_path: Path, index_path: Path, num_w
         if unreadable:
             log.warning("%d file(s) could not be decoded; the image cache lists them",
                         len(unreadable))
-        _write_atomically(index_path, json.dumps(
+        write_atomic(index_path, json.dumps(
             {"format": CACHE_FORMAT, "paths": list(paths), "unreadable": unreadable}))
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -288,14 +289,6 @@ def _temporary_path(final: Path) -> str:
     return name
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = _temporary_path(path)
-    try:
-        Path(temporary).write_text(text)
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -118,6 +119,11 @@ def allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = int(max_pixels)
 
 
+# header checks open images from several threads; catch_warnings saves and restores the
+# process-wide filter list, so one thread at a time
+_WARNING_FILTERS = threading.Lock()
+
+
 def open_image(source, max_pixels: int) -> Image.Image:
     """``Image.open(source)`` for a caller that checks ``max_pixels`` itself
     (:func:`check_pixel_count`): Pillow's guard is raised to the limit and its
@@ -125,7 +131,7 @@ def open_image(source, max_pixels: int) -> Image.Image:
     (above twice it, Pillow still raises ``DecompressionBombError``), so a refused image is
     reported once, in our sentence."""
     allow_pixels(max_pixels)
-    with warnings.catch_warnings():
+    with _WARNING_FILTERS, warnings.catch_warnings():  # the filters are process-wide
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return Image.open(source)
 

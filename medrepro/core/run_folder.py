@@ -65,9 +65,19 @@ def _umask() -> int:
     return mask
 
 
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or below it (compared as absolute paths, links not
+    followed)."""
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+
+
 def write_results(path: str | Path, results: dict) -> Path:
     """Write a results.json (atomically; NaN stays NaN, anything else not JSON is str())."""
-    return write_atomic(path, json.dumps(results, indent=2, default=str, allow_nan=True))
+    return write_atomic(path, _results_text(results))
+
+
+def _results_text(results: dict) -> str:
+    return json.dumps(results, indent=2, default=str, allow_nan=True)
 
 
 def read_results(run_dir: str | Path) -> dict | None:
@@ -100,7 +110,7 @@ def mark_failed(run_dir: str | Path, status: str, message: str, failed_at: str |
             raise
         with open(path, "r+") as stream:  # truncate, then write into the freed space
             stream.truncate(0)
-            stream.write(json.dumps(results, indent=2, default=str, allow_nan=True))
+            stream.write(_results_text(results))
 
 
 def class_key(class_name: str) -> str:

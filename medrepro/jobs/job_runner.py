@@ -26,6 +26,7 @@ run folder), which is what a bug report needs; the console shows the one line.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -33,9 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from medrepro.core.errors import TrainingDiverged, UserError, disk_full_behind, user_error_behind
 from medrepro.core.quiet import FILE_ONLY
-from medrepro.core.run_folder import CHECKPOINTS_FOLDER, mark_failed, read_results
-from medrepro.jobs.job_steps import FIRST_STEP, current_step, describe_step, enter_step
-from medrepro.jobs.resume import same_configuration
+from medrepro.core.run_folder import CHECKPOINTS_FOLDER, is_inside, mark_failed, read_results
+from medrepro.jobs.job_steps import current_step, describe_step
+from medrepro.jobs.resume import is_multirun, resolved_config, same_configuration, sweep_dir_of
 from medrepro.jobs.training import train
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by 
 def run_job(cfg: DictConfig) -> float | None:
     """Run :func:`train` and record how it ended; return the optimised metric (a sweeper
     may read it), or ``None`` for a job of a multirun that did not complete."""
-    enter_step(FIRST_STEP)
     try:
         metrics = train(cfg)
     except KeyboardInterrupt:
@@ -60,7 +60,7 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as raised:  # noqa: BLE001  (any exception: results.json must say so)
         status, sentence = _outcome(raised, cfg)
         _record(cfg, status, sentence)
-        if _is_multirun():
+        if is_multirun():
             return None
         raise SystemExit(EXIT_FAILED) from None
     optimised = cfg.get("optimized_metric")
@@ -87,8 +87,8 @@ def _interrupted(cfg: DictConfig) -> None:
     """Record a Ctrl-C and stop the process (the whole sweep in a multirun)."""
     output_dir = _output_dir(cfg)
     has_last = output_dir is not None and any((output_dir / CHECKPOINTS_FOLDER).glob("last*.ckpt"))
-    if _is_multirun():
-        again = (f"run the same command with hydra.sweep.dir={_sweep_dir()} to finish the sweep "
+    if is_multirun():
+        again = (f"run the same command with hydra.sweep.dir={sweep_dir_of(output_dir)} to finish the sweep "
                  "(completed jobs are skipped)")
     elif has_last:
         again = f"run the same command with hydra.run.dir={output_dir} ckpt_path=last to continue"
@@ -119,9 +119,9 @@ def _disk_full_sentence(error: OSError, cfg: DictConfig) -> str:
         target = f"{describe_step(current_step())} (run folder {output_dir})"
     else:
         target = describe_step(current_step())
-    setting = "hydra.sweep.dir" if _is_multirun() else "hydra.run.dir"
+    setting = "hydra.sweep.dir" if is_multirun() else "hydra.run.dir"
     cache_dir = OmegaConf.select(cfg, "data.cache.dir", default=None)
-    if path and cache_dir and _is_inside(path, cache_dir):
+    if path and cache_dir and is_inside(os.path.realpath(path), os.path.realpath(cache_dir)):
         setting = "data.cache.dir"
     return (f"{problem} {target}; free space there, or write to another disk with "
             f"{setting}=DIR, and run the command again.")
@@ -161,9 +161,10 @@ def _record(cfg: DictConfig, status: str, message: str) -> None:
 
 
 def _resolved(cfg: DictConfig) -> dict | None:
-    """The resolved configuration, or ``None`` when it does not resolve (itself a mistake)."""
+    """The resolved configuration as results.json stores it, or ``None`` when it does not
+    resolve (itself a mistake)."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True)
+        return resolved_config(cfg)
     except Exception:  # noqa: BLE001  (an unresolvable config is not recorded)
         return None
 
@@ -181,21 +182,3 @@ def _log_file() -> str | None:
     return None
 
 
-def _is_inside(path: str, folder: str) -> bool:
-    try:
-        return Path(path).resolve().is_relative_to(Path(folder).resolve())
-    except (OSError, ValueError):
-        return False
-
-
-def _sweep_dir() -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    return str(HydraConfig.get().sweep.dir)
-
-
-def _is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

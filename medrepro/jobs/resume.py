@@ -35,7 +35,13 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from medrepro.core.errors import ConfigError
-from medrepro.core.run_folder import CHECKPOINTS_FOLDER, RESULTS_JSON, read_results, write_results
+from medrepro.core.run_folder import (
+    CHECKPOINTS_FOLDER,
+    RESULTS_JSON,
+    is_inside,
+    read_results,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ def prepare_run_folder(cfg: DictConfig) -> JobStart:
     output_dir = Path(cfg.paths.output_dir)
     config = resolved_config(cfg)
     requested = cfg.get("ckpt_path")
-    sweep_dir = _sweep_dir(output_dir)
+    sweep_dir = sweep_dir_of(output_dir)
     if not _is_first_process():
         return _start_of_another_rank(output_dir, requested)
     # jobs of one sweep that run at once move files between each other's folders
@@ -113,7 +119,7 @@ def _requested_start(output_dir: Path, earlier: dict | None, same: bool, request
     """``ckpt_path`` set: continue in place (a checkpoint of this run folder, whose earlier
     attempt must be of the same configuration), or start from another run's checkpoint."""
     checkpoint = resolve_checkpoint(requested, output_dir)
-    if _is_inside(checkpoint, output_dir):
+    if is_inside(checkpoint, output_dir):
         if earlier is not None and not same:
             raise ConfigError(_other_configuration_sentence(requested, output_dir, earlier, config))
     else:
@@ -339,17 +345,20 @@ def _previous_folder(run_dir: Path, earlier: dict | None, entries: list[Path]) -
     return folder
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
-    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
-
-
-def _sweep_dir(output_dir: Path) -> Path | None:
-    """The sweep folder of a multirun job (``hydra.sweep.dir``, which holds the job's run
-    folder; else the run folder's parent), ``None`` outside a multirun."""
+def is_multirun() -> bool:
+    """Whether this job is one of a Hydra multirun (``-m``)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_dir_of(output_dir: Path) -> Path | None:
+    """The sweep folder of a multirun job (``hydra.sweep.dir``, which holds the job's run
+    folder; else the run folder's parent), ``None`` outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not is_multirun():
         return None
     sweep_dir = Path(HydraConfig.get().sweep.dir)
-    return sweep_dir if _is_inside(output_dir, sweep_dir) else output_dir.parent
+    return sweep_dir if is_inside(output_dir, sweep_dir) else output_dir.parent

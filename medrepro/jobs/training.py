@@ -17,7 +17,7 @@ from medrepro.callbacks.progress_bar import EpochProgressBar
 from medrepro.core.errors import ConfigError
 from medrepro.core.precision import resolve_precision
 from medrepro.datamodules.audit.preflight import check_before_training
-from medrepro.jobs.job_steps import enter_step
+from medrepro.jobs.job_steps import FIRST_STEP, enter_step
 from medrepro.jobs.resume import check_checkpoint_fits, prepare_run_folder
 from medrepro.jobs.settings_check import check_settings
 
@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     interrupted job of a sweep re-run) resumes the fit from a checkpoint, and an earlier
     attempt's files are moved aside before a fresh start.
     """
-    enter_step("settings_check")
+    enter_step(FIRST_STEP)
     which_checkpoint = check_settings(cfg)
     output_dir = Path(cfg.paths.output_dir)
     start = prepare_run_folder(cfg)
