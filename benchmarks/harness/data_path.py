@@ -34,6 +34,7 @@ def compose_benchmark_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    import medrepro.core.config_tree  # noqa: F401  (registers the config's resolvers)
     from benchmarks.harness.paths import REPOSITORY_ROOT
 
     GlobalHydra.instance().clear()
