@@ -1,24 +1,47 @@
 """Benchmark medrepro's data path, training loop, inference and memory against plain
-alternatives: `python benchmark.py [--quick] [--out FILE]` (see README.md, "Performance")."""
+alternatives: `python benchmark.py [--quick] [--out FILE]`; the duplicate grouping of many
+images: `python benchmark.py --grouping [--images N]`; the calibration of the copy
+threshold on the real sample images: `python benchmark.py --similarity` (see README.md,
+"Performance")."""
 
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
+from benchmarks.harness.paths import REPOSITORY_ROOT
 from benchmarks.harness.report import add_derived_figures, format_report
-from benchmarks.harness.runner import Settings, run_benchmark
+from benchmarks.harness.runner import Settings, machine, run_benchmark
+from medrepro.core.errors import UserError
+
+SAMPLE_DATA = REPOSITORY_ROOT.parent / "shared" / "data"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a run of about a minute")
-    parser.add_argument("--out", default="benchmark.json", help="where to write the results")
+    parser.add_argument("--quick", action="store_true",
+                        help="a run of about a minute (with --grouping: 2,000 images)")
+    parser.add_argument("--out", default="benchmark.json",
+                        help="where to write the results (--grouping and --similarity add "
+                             "theirs to the file's other figures)")
     parser.add_argument("--model", help="timm model of the training benchmark")
     parser.add_argument("--image-size", type=int, help="training benchmark image size")
     parser.add_argument("--batch-size", type=int, help="training benchmark batch size")
+    parser.add_argument("--grouping", action="store_true",
+                        help="only the duplicate grouping of many generated images")
+    parser.add_argument("--images", type=int,
+                        help="distinct images of --grouping (default 20,000)")
+    parser.add_argument("--similarity", action="store_true",
+                        help="only the copy threshold's calibration on ../shared/data")
     options = parser.parse_args()
+    if options.grouping or options.similarity:
+        try:
+            return duplicates(options)
+        except UserError as error:
+            print(error, file=sys.stderr)
+            return 1
     changes = {f.name: getattr(options, f.name) for f in fields(Settings)
                if getattr(options, f.name, None) is not None}
     settings = Settings.quick(**changes) if options.quick else Settings(**changes)
@@ -27,6 +50,48 @@ def main() -> int:
     Path(options.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nResults written to {options.out}")
     return 0
+
+
+def duplicates(options: argparse.Namespace) -> int:
+    """--grouping and --similarity: print their tables and add their figures (with the
+    machine's) to the JSON file ``--out``, keeping what else it holds."""
+    from benchmarks.harness.grouping import format_grouping, measure_grouping
+    from benchmarks.harness.similarity import format_similarity, measure_similarity
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    count = options.images or (2000 if options.quick else 20000)
+    if options.grouping and count < 2:
+        raise UserError(f"--images must be at least 2, not {count}.")
+    host = machine()  # the load average before the measurements
+    load = host["load_average"][0] if host["load_average"] else None
+    figures, tables = {}, [f"Machine: {host['cpu']}, {host['cores']} cores; torch {host['torch']}; "
+                           "load average at start " + ("n/a" if load is None else f"{load:.1f}")]
+    if options.similarity:
+        figures["similarity"] = measure_similarity(SAMPLE_DATA, log=log)
+        tables.append(format_similarity(figures["similarity"]))
+    if options.grouping:
+        with tempfile.TemporaryDirectory(prefix="medrepro-grouping-") as scratch:
+            figures["grouping"] = measure_grouping(Path(scratch), count, log=log)
+        tables.append(format_grouping(figures["grouping"]))
+    out = Path(options.out)
+    results = _existing(out)
+    for name, value in figures.items():
+        results[name] = {"machine": host, **value}
+    print("\n\n".join(tables))
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nResults written to {out} ({', '.join(figures)})")
+    return 0
+
+
+def _existing(out: Path) -> dict:
+    """The results already in ``out`` (another mode's), or none."""
+    try:
+        results = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+    return results if isinstance(results, dict) else {}
 
 
 if __name__ == "__main__":

@@ -11,17 +11,25 @@ from torch.utils.data import DataLoader
 
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.core.records import SPLITS
+from medrepro.datamodules.audit.data_audit import inspect_manifest
+from medrepro.datamodules.audit.duplicate_relation import (
+    DuplicateRelation,
+    conflicting_groups,
+    find_duplicates,
+)
+from medrepro.datamodules.audit.file_facts_store import FileFactsStore
 from medrepro.datamodules.audit.preflight import SKIP_SETTING, as_problems, unreadable_sentence
 from medrepro.datamodules.cache.image_cache import ImageCache, ensure_writable_folder
 from medrepro.datamodules.data_settings import (
     CacheSettings,
     CheckSettings,
+    DuplicateSettings,
     LoaderSettings,
     PreprocessSettings,
     settings_from,
 )
 from medrepro.datamodules.image_dataset import ImageDataset, reseed_augmentation_in_worker
-from medrepro.datamodules.splitting.split import make_split, split_counts
+from medrepro.datamodules.splitting.split import MANIFEST_COLUMNS, make_split, split_counts
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +52,12 @@ class ClassificationDataModule(pl.LightningDataModule):
         name: the data set's name, recorded in results.json.
         variant: which version of the data set's images (covid3: ``cxr`` or ``enh``),
             recorded in results.json.
-        split: ``mode``, ``counts``, ``ratios``, ``group_by_patient``, ``seed`` (see
-            :mod:`medrepro.datamodules.splitting.split`).
+        split: ``mode``, ``counts``, ``ratios``, ``group_by_patient``,
+            ``group_duplicates``, ``seed`` (see :mod:`medrepro.datamodules.splitting.split`).
+        duplicates: ``candidate_distance``, ``min_similarity``,
+            ``exclude_conflicting_labels``: which images are copies of one another
+            (:class:`DuplicateSettings`); every file is inspected before splitting, so
+            that copies are kept in one split.
         preprocess: ``steps`` (deterministic albumentations transforms), ``enhance``
             (``none`` or ``enh``) and ``enh`` (:class:`PreprocessSettings`).
         checks: ``allow_leakage``, ``skip_unreadable``: let training go on despite
@@ -73,6 +85,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         split: Mapping | None = None,
         preprocess: PreprocessSettings | Mapping | None = None,
         checks: CheckSettings | Mapping | None = None,
+        duplicates: DuplicateSettings | Mapping | None = None,
         cache: CacheSettings | Mapping | None = None,
         loader: LoaderSettings | Mapping | None = None,
         augment: Callable | None = None,
@@ -87,6 +100,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         # checked by medrepro.datamodules.audit.preflight before training; its findings go to results.json
         self.checks = settings_from(CheckSettings, checks, "data.checks")
         self.data_checks: dict = {}
+        self.duplicate_settings = settings_from(DuplicateSettings, duplicates, "data.duplicates")
+        # set by setup: every file's facts (before splitting), the copies among them, and
+        # the copies left out for carrying two labels
+        self.file_table: pd.DataFrame | None = None
+        self.duplicates = DuplicateRelation()
+        self.conflicting_labels: list[list[dict]] = []
+        self.split_outcome: dict = {}
         self.source = source(root=root)
         self.requested_class_names = list(class_names) if class_names else None
         self.positive_class = positive_class
@@ -99,6 +119,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.cache = settings_from(CacheSettings, cache, "data.cache")
         self.image_cache: ImageCache | None = None
         self.class_names: list[str] = []
+        self._records: list | None = None
         self.manifest: pd.DataFrame | None = None
         self.datasets: dict[str, ImageDataset] = {}
 
@@ -124,15 +145,61 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
+        """Find the records, inspect every file once (remembered in the cache folder),
+        find the copies among them, leave out copies with two labels, then split, keeping
+        each patient's images and each image's copies in one split."""
         if self.manifest is not None:
             return
-        records = self.source.records()
-        self.class_names = self._ordered_class_names(sorted({r.label for r in records}))
-        records = [r for r in records if r.label in self.class_names]
-        self.manifest = make_split(records, self.class_names, **self.split_settings)
+        self.find_classes()
+        records = self._records
+        make_split(records, self.class_names, **self.split_settings)  # its mistakes first
+        self._find_duplicates(records)
+        left_out = {f["path"] for group in self.conflicting_labels for f in group}
+        kept = [r for r in records if r.path not in left_out]
+        self.manifest = make_split(kept, self.class_names, **self.split_settings,
+                                   links=self.duplicates.links())
+        self.split_outcome = dict(self.manifest.attrs)  # shortfall, files moved
         self._build_datasets()
         log.info("classes (label order): %s", ", ".join(self.class_names))
         log.info("images per split and class:\n%s", split_counts(self.manifest).to_string())
+
+    def find_classes(self) -> list[str]:
+        """The classes in label order, from the source's records (file names only: no
+        image is read, so a job can build its model before :meth:`setup` inspects every
+        file)."""
+        if self._records is None:
+            records = self.source.records()
+            self.class_names = self._ordered_class_names(sorted({r.label for r in records}))
+            self._records = [r for r in records if r.label in self.class_names]
+        return self.class_names
+
+    def facts_store(self) -> FileFactsStore | None:
+        """The store of file facts in the cache folder (``None`` without one)."""
+        return FileFactsStore(self.cache.dir) if self.cache.dir else None
+
+    def _find_duplicates(self, records) -> None:
+        frame = pd.DataFrame(
+            [(r.path, r.label, r.patient_id, None) for r in records], columns=MANIFEST_COLUMNS
+        )
+        store = self.facts_store()
+        self.file_table = inspect_manifest(frame, quick=False, store=store,
+                                           max_pixels=self.checks.pixel_limit)
+        settings = self.duplicate_settings
+        self.duplicates = find_duplicates(
+            self.file_table, store, candidate_distance=int(settings.candidate_distance),
+            min_similarity=float(settings.min_similarity), max_pixels=self.checks.pixel_limit,
+        )
+        labels = dict(zip(frame["path"], frame["label"]))
+        groups = self.duplicates.groups(frame["path"].tolist())
+        conflicts = conflicting_groups(groups, labels)
+        if conflicts and settings.exclude_conflicting_labels:
+            files = sum(len(g) for g in conflicts)
+            log.warning("Left out %d file(s) in %d group(s) of copies filed under different "
+                        "classes (data.duplicates.exclude_conflicting_labels=true); "
+                        "results.json lists them under data.conflicting_labels.",
+                        files, len(conflicts))
+            self.conflicting_labels = [[{"path": p, "label": labels[p]} for p in g]
+                                       for g in conflicts]
 
     def exclude(self, paths: Sequence[str]) -> None:
         """Leave ``paths`` out of the manifest and the datasets (unreadable files that
@@ -231,6 +298,26 @@ class ClassificationDataModule(pl.LightningDataModule):
             worker_init_fn=reseed_augmentation_in_worker if self.loader.num_workers else None,
         )
 
+    def grouping_facts(self) -> dict:
+        """What the split kept together and left out: groups of copies and patients with
+        images in train/val/test, the shortfall against the split's targets, files moved
+        from their given split, and copies left out for carrying two labels."""
+        used = self.manifest[self.manifest["split"].isin(SPLITS)]
+        paths = used["path"].tolist()
+        groups = self.duplicates.groups(paths)
+        patients = used["patient_id"].dropna().value_counts()
+        return {
+            "group_duplicates": bool(self.split_settings.get("group_duplicates", True)),
+            "duplicate_groups": len(groups),
+            "files_in_duplicate_groups": sum(len(g) for g in groups),
+            "near_duplicate_pairs_confirmed": len(self.duplicates.confirmed),
+            "near_duplicate_candidates_rejected": len(self.duplicates.rejected),
+            "patients_with_several_images": int((patients > 1).sum()),
+            "split_shortfall": list(self.split_outcome.get("shortfall", [])),
+            "moved_from_given_split": list(self.split_outcome.get("moved", [])),
+            "conflicting_labels": self.conflicting_labels,
+        }
+
     def data_facts(self) -> dict:
         """What results.json records about the data (``data``): the data set, classes,
         channels, split and its counts, and the findings of the checks before training;
@@ -254,6 +341,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             "patient_leakage_possible": None if mode == "given" else not grouped,
             "split_counts": split_counts(self.manifest).to_dict(orient="index"),
             "variant": self.variant,
+            **self.grouping_facts(),
             # the pre-training data checks (datamodules/audit/preflight.py) measure leakage instead
             **self.data_checks,
         }

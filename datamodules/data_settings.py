@@ -120,6 +120,42 @@ class CheckSettings:
 
 
 @dataclass(frozen=True)
+class DuplicateSettings:
+    """``data.duplicates``: which images count as copies of one another
+    (:mod:`medrepro.datamodules.audit.duplicate_relation`), kept in one split by
+    ``data.split.group_duplicates``.
+
+    candidate_distance: perceptual hashes at most this many of 64 bits apart are compared
+        pixel by pixel (0 to 32).
+    min_similarity: the structural similarity (after alignment) from which a candidate is
+        a confirmed near duplicate (0 to 1; see ``image_similarity.py`` for how 0.85 was
+        chosen).
+    exclude_conflicting_labels: leave copies filed under different classes out of
+        training and evaluation (listed in results.json); ``False`` keeps them, and the
+        checks before training then stop unless ``data.checks.allow_leakage=true``.
+    """
+
+    candidate_distance: int = 8
+    min_similarity: float = 0.85
+    exclude_conflicting_labels: bool = True
+
+    def __post_init__(self) -> None:
+        distance = self.candidate_distance
+        if not _is_count(distance) or not 0 <= int(distance) <= 32:
+            raise ConfigError(
+                f"data.duplicates.candidate_distance must be a whole number of bits from 0 to "
+                f"32, not {distance}."
+            )
+        similarity = self.min_similarity
+        if isinstance(similarity, bool) or not isinstance(similarity, (int, float)) or \
+                not 0 < float(similarity) <= 1:
+            raise ConfigError(
+                f"data.duplicates.min_similarity must be a number above 0 and at most 1, "
+                f"not {similarity}."
+            )
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     """``data.cache``: pre-process every image once into a memory-mapped uint8 array in
     ``dir`` (:mod:`medrepro.datamodules.cache.image_cache`); ``enabled=False`` reads and

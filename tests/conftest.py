@@ -65,10 +65,13 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def write_gray(path: Path, value: int, size: int = 24) -> Path:
-    """A small 8-bit grayscale PNG/JPEG/... of one value plus a gradient."""
+    """A small 8-bit grayscale PNG/JPEG/... of one value plus a gradient and a texture
+    seeded by ``value``: images of different values are distinct images, not brightened
+    copies of one another (which the split would keep together as near duplicates)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ramp = np.linspace(0, 40, size, dtype=np.float32)[None, :]
-    pixels = np.clip(value + ramp + np.zeros((size, 1), np.float32), 0, 255).astype(np.uint8)
+    texture = np.random.default_rng(value).normal(0, 12, (size, size)).astype(np.float32)
+    pixels = np.clip(value + ramp + texture, 0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(path)
     return path
 

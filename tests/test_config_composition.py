@@ -120,9 +120,9 @@ def data_roots(tmp_path_factory) -> dict[str, Path]:
         for label in ("normal", "cardiomegaly"):
             write_gray(root / "cardiomegaly" / label / f"{label}{i}.tif", 20 * i + len(label))
         for label in ("normal", "pneumonia", "COVID-19"):
-            write_gray(root / "covid3" / "CXR_ijcar_mix" / label / f"{label} ({i}).png", 9 * i)
+            write_gray(root / "covid3" / "CXR_ijcar_mix" / label / f"{label} ({i}).png", 9 * i + len(label))
         for label in ("cat", "dog"):
-            write_gray(root / "folder" / label / f"{label}{i}.png", 100 + 9 * i + len(label))
+            write_gray(root / "folder" / label / f"{label}{i}.png", 100 + 9 * i + 4 * (label == "dog"))
     kaggle_tree(root / "pneumonia" / "chest_xray", {"train": (6, 6), "val": (2, 2), "test": (3, 3)},
                 touch_only=False)
     return {name: root / name

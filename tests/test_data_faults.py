@@ -174,7 +174,9 @@ class Case:
     the step results.json must say it stopped at (``failed_at``: ``data_loading`` is before
     the model is built, ``data_check`` the checks before training), whether it must be found
     before the image cache is built (``before_cache``), and for a run that trains the
-    planted files it must have skipped (relative to data.root)."""
+    planted files it must have skipped, allowed, left out as copies under two labels
+    (``excluded``) or moved to the split of their copies (``moved``), relative to
+    data.root."""
 
     id: str
     files: Callable
@@ -186,6 +188,8 @@ class Case:
     skipped: tuple[str, ...] = ()
     cache_dir: str = "{tmp}/cache"
     allowed: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
+    moved: tuple[str, ...] = ()
 
 
 UNDECODABLE = with_undecodable(truncated_dicom, dicom_without_pixels, png_with_garbage_data)
@@ -230,20 +234,30 @@ CASES = [
          (("The folder c (10 images) in {root} is not in data.class_names (a, b); add it to "
           "data.class_names to train on it, or move it out of {root} to leave it out."),),
          stops_at="data_loading"),
-    # 5: identical files under two labels in one split
+    # 5: identical files under two labels: left out by default; kept, they stop the run
     Case("identical files under two labels", same_bytes_under_two_labels,
-         ("data.split.mode=given",), 1,
-         (("Conflicting labels: 2 identical files (1 group(s) of the same bytes) have different "
-          "labels in the same split (e.g. {root}/train/a/a0.png labelled a and "
-          "{root}/train/b/relabelled.png labelled b, both in train)"),
-          "remove or relabel the duplicates", "set data.checks.allow_leakage=true")),
+         ("data.split.mode=given",), 0, excluded=("train/a/a0.png", "train/b/relabelled.png")),
+    Case("identical files under two labels kept", same_bytes_under_two_labels,
+         ("data.split.mode=given", "data.duplicates.exclude_conflicting_labels=false"), 1,
+         (("Conflicting labels: 2 identical or near-identical files (1 group(s) of copies) have "
+           "different labels in the same split (e.g. {root}/train/a/a0.png labelled a and "
+           "{root}/train/b/relabelled.png labelled b, both in train)"),
+          "set data.duplicates.exclude_conflicting_labels=true to leave them out",
+          "set data.checks.allow_leakage=true")),
     Case("identical files under two labels allowed", same_bytes_under_two_labels,
-         ("data.split.mode=given", "data.checks.allow_leakage=true"), 0,
+         ("data.split.mode=given", "data.duplicates.exclude_conflicting_labels=false",
+          "data.checks.allow_leakage=true"), 0,
          allowed=("train/a/a0.png", "train/b/relabelled.png")),
-    # 6: leakage counts files and groups, and its example is in two splits
-    Case("identical files in two splits", same_bytes_in_two_splits, ("data.split.mode=given",), 1,
-         (("Cross-split leakage: 3 identical files (1 group(s) of the same bytes) are in more than "
-          "one split (e.g. {root}/train/a/a0.png in train and {root}/val/a/a9.png in val)"),
+    # 6: copies in two given splits join the split holding most of them; ungrouped, the
+    # leakage counts files and groups, and its example is in two splits
+    Case("identical files in two splits", same_bytes_in_two_splits, ("data.split.mode=given",), 0,
+         moved=("val/a/a9.png",)),
+    Case("identical files in two splits ungrouped", same_bytes_in_two_splits,
+         ("data.split.mode=given", "data.split.group_duplicates=false"), 1,
+         (("Cross-split leakage: 3 identical or near-identical files (1 group(s) of copies) are "
+           "in more than one split (e.g. {root}/train/a/a0.png in train and {root}/val/a/a9.png "
+           "in val)"),
+          "set data.split.group_duplicates=true to keep copies in one split",
           "set data.checks.allow_leakage=true")),
     # 7: an unwritable cache folder
     Case("cache folder below a file", cache_under_a_file, (), 1,
@@ -304,7 +318,14 @@ def assert_trained(case: Case, root: Path, run: Path, log: str) -> None:
     split = pd.read_csv(run / "split.csv")
     used = set(split.loc[split["split"].isin(["train", "val", "test"]), "path"])
     every_image = {str(p) for p in root.rglob("*") if p.is_file()}
-    assert used == every_image - set(skipped)  # every other file, the good DICOM included
+    excluded = {str(root / name) for name in case.excluded}
+    assert used == every_image - set(skipped) - excluded  # every other file, the good DICOM included
+    left_out = [sorted(f["path"] for f in group) for group in data["conflicting_labels"]]
+    assert left_out == ([sorted(excluded)] if excluded else [])
+    assert data["moved_from_given_split"] == [str(root / name) for name in case.moved]
+    if case.moved:  # every copy is in the split that held most of them (2 of 3 in train)
+        copies = {str(root / p) for p in ("train/a/a0.png", "train/a/a0_copy.png", "val/a/a9.png")}
+        assert set(split.loc[split["path"].isin(copies), "split"]) == {"train"}
     if case.allowed:
         [group] = data["allowed_leakage"]["identical_files_with_different_labels"]
         assert sorted(f["path"] for f in group["files"]) == [str(root / p) for p in case.allowed]

@@ -24,6 +24,7 @@ from medrepro.jobs.auditing import run_audit
 from medrepro.jobs.job_runner import run_job
 from medrepro.jobs.training import train
 
+UNGROUPED = ["data.split.group_duplicates=false"]
 FAST = ["model.name=test_resnet", "data.loader.num_workers=0", "data.cache.enabled=false", *TINY_TRAINING]
 PATIENT_REGEX = r"data.source.patient_id_regex='^(p\d+)_'"
 
@@ -82,40 +83,44 @@ def datamodule(tmp_path: Path, overrides: list[str]):
 
 # --- a patient with images in two splits --------------------------------------------------
 
-def test_given_split_with_a_patient_in_two_splits_stops_before_training(tmp_path):
-    """A ``given`` split with patient grouping: training stops with one sentence naming the
-    planted patients, and no results.json says ``completed``."""
+def test_given_split_moves_a_patient_in_two_folders_to_the_folder_holding_most(tmp_path):
+    """A ``given`` split with patient grouping: each planted patient moves whole to the
+    folder that holds most of their images (p1 to train, p8 to val), the run completes
+    without allow_leakage, and results.json lists the moved files and the new counts."""
     root = given_tree_with_split_patients(tmp_path / "data")
     cfg = compose_config(["data=folder", f"data.root={root}", "data.split.mode=given",
                           "data.split.group_by_patient=true", PATIENT_REGEX, *FAST], tmp_path / "run")
-    with pytest.raises(DataError) as stop:
-        train(cfg)
-    message = one_sentence(str(stop.value))
-    assert re.match(r"Cross-split leakage: 2 patient\(s\) have images in more than one split "
-                    r"\(e\.g\. p1 in (train, test|test, train)\)", message), message
-    assert "identical file" not in message
-    assert (results(tmp_path / "run") or {}).get("status") != "completed"
-
-
-def test_given_split_with_patients_in_two_splits_trains_when_allowed_and_says_so(tmp_path):
-    """``data.checks.allow_leakage=true``: the run completes and results.json lists exactly the
-    planted patients with their images per split."""
-    root = given_tree_with_split_patients(tmp_path / "data")
-    cfg = compose_config(["data=folder", f"data.root={root}", "data.split.mode=given",
-                          "data.split.group_by_patient=true", PATIENT_REGEX,
-                          "data.checks.allow_leakage=true", *FAST], tmp_path / "run")
     train(cfg)
     done = results(tmp_path / "run")
     assert done["status"] == "completed"
     data = done["data"]
-    allowed = data["allowed_leakage"]
-    assert set(allowed) == {"patients_in_several_splits"}  # no identical files were planted
-    assert {p["patient_id"]: p["images_per_split"] for p in allowed["patients_in_several_splits"]} == {
-        "p1": {"train": 2, "test": 1}, "p8": {"val": 2, "test": 1}}
-    assert data["patients_in_several_splits"] == 2 and data["patient_leakage_possible"] is True
-    assert data["split_mode"] == "given" and data["group_by_patient"] is True
-    assert data["split_counts"] == {"train": {"a": 6, "b": 6}, "val": {"a": 2, "b": 2},
-                                    "test": {"a": 3, "b": 3}}
+    assert "allowed_leakage" not in data
+    assert data["moved_from_given_split"] == [str(root / "test" / "a" / "p1_9.png"),
+                                              str(root / "test" / "b" / "p8_9.png")]
+    assert data["patients_in_several_splits"] == 0 and data["patient_leakage_possible"] is False
+    # counted by hand from the layout: p1_9 joins train/a, p8_9 joins val/b
+    assert data["split_counts"] == {"train": {"a": 7, "b": 6}, "val": {"a": 2, "b": 3},
+                                    "test": {"a": 2, "b": 2}}
+
+
+def test_checks_stop_a_patient_in_two_splits_of_a_patient_level_split(tmp_path):
+    """The checks before training are a safety net behind the split: a given split kept as
+    it is (``group_by_patient=false``: image-level, so patients in two folders are counted,
+    not stopped), checked as a patient-level split, stops with one sentence naming the
+    planted patients."""
+    root = given_tree_with_split_patients(tmp_path / "data")
+    base = ["data=folder", f"data.root={root}", "data.split.mode=given", PATIENT_REGEX,
+            "data.split.group_by_patient=false"]
+    module = datamodule(tmp_path, base)
+    facts = check_before_training(module)  # image-level: counted, not stopped
+    assert facts["patients_in_several_splits"] == 2 and facts["patient_leakage_possible"] is True
+    module.split_settings["group_by_patient"] = True  # the check as a patient-level split sees it
+    with pytest.raises(DataError) as stop:
+        check_before_training(module)
+    message = one_sentence(str(stop.value))
+    assert re.match(r"Cross-split leakage: 2 patient\(s\) have images in more than one split "
+                    r"\(e\.g\. p1 in (train, test|test, train)\)", message), message
+    assert "identical" not in message
 
 
 def test_image_level_counts_split_counts_patients_in_two_splits_without_stopping(tmp_path):
@@ -158,11 +163,13 @@ def identical_files_tree(root: Path) -> tuple[Path, Path]:
 
 
 def test_identical_files_across_splits_stop_the_job_with_one_sentence(tmp_path, capsys):
-    """What ``python train.py`` does (:func:`run_job`): exit status 1, the sentence on stderr
-    without a traceback, and results.json ``failed`` with that sentence."""
+    """With copies not grouped (``data.split.group_duplicates=false``, the data set's
+    folders kept as they are), what ``python train.py`` does (:func:`run_job`): exit status
+    1, the sentence on stderr without a traceback, and results.json ``failed`` with that
+    sentence."""
     root, _ = identical_files_tree(tmp_path / "data")
-    cfg = compose_config(["data=folder", f"data.root={root}", "data.split.mode=given", *FAST],
-                         tmp_path / "run")
+    cfg = compose_config(["data=folder", f"data.root={root}", "data.split.mode=given", *UNGROUPED,
+                          *FAST], tmp_path / "run")
     (tmp_path / "run").mkdir()  # Hydra makes the run folder before the job starts
     with pytest.raises(SystemExit) as stop:
         run_job(cfg)
@@ -173,8 +180,8 @@ def test_identical_files_across_splits_stop_the_job_with_one_sentence(tmp_path, 
     one_sentence(sentence)
     # 5 files in 2 groups (a pair train/test, a triple train/val/test; the pair inside train
     # is no leakage), and the example is two identical files that really are in two splits
-    example = re.match(r"Cross-split leakage: 5 identical files \(2 group\(s\) of the same bytes\) "
-                       r"are in more than one split \(e\.g\. (\S+) in (\w+) and (\S+) in (\w+)\);",
+    example = re.match(r"Cross-split leakage: 5 identical or near-identical files \(2 group\(s\) of "
+                       r"copies\) are in more than one split \(e\.g\. (\S+) in (\w+) and (\S+) in (\w+)\);",
                        sentence)
     assert example, sentence
     first, first_split, second, second_split = example.groups()
@@ -192,7 +199,7 @@ def test_identical_files_across_splits_train_when_allowed_and_are_listed(tmp_pat
     cross-split groups with their files (not the pair inside train), and says that patient
     ids are unknown (no patient regex)."""
     root, _ = identical_files_tree(tmp_path / "data")
-    cfg = compose_config(["data=folder", f"data.root={root}", "data.split.mode=given",
+    cfg = compose_config(["data=folder", f"data.root={root}", "data.split.mode=given", *UNGROUPED,
                           "data.checks.allow_leakage=true", *FAST], tmp_path / "run")
     train(cfg)
     done = results(tmp_path / "run")
@@ -234,18 +241,22 @@ def kaggle_root(tmp_path) -> Path:
     return tmp_path / "chest_xray"
 
 
-def test_kaggle_given_split_reports_a_shared_id_as_one_patient_in_two_splits(kaggle_root, tmp_path):
-    """``data=pneumonia data.split.mode=given``: the three planted ids in Kaggle's train and
-    test (or val) folders stop the run; allowed, they are listed with their images."""
-    base = ["data=pneumonia", f"data.root={kaggle_root}", "data.split.mode=given"]
-    with pytest.raises(DataError) as stop:
-        check_before_training(datamodule(tmp_path, base))
-    assert one_sentence(str(stop.value)).startswith(
-        "Cross-split leakage: 3 patient(s) have images in more than one split")
-    facts = check_before_training(datamodule(tmp_path, [*base, "data.checks.allow_leakage=true"]))
-    allowed = facts["allowed_leakage"]["patients_in_several_splits"]
-    assert {p["patient_id"]: p["images_per_split"] for p in allowed} == KAGGLE_SHARED
-    assert facts["patients_in_several_splits"] == 3 and facts["patient_leakage_possible"] is True
+def test_kaggle_given_split_moves_a_shared_id_whole(kaggle_root, tmp_path):
+    """``data=pneumonia data.split.mode=given``: each of the three planted ids in Kaggle's
+    train and test folders is one patient, moved whole to the folder holding most of its
+    images (a tie, NORMAL2-IM-0005, to train): no stop, no patient in two splits."""
+    module = datamodule(tmp_path, ["data=pneumonia", f"data.root={kaggle_root}",
+                                   "data.split.mode=given"])
+    facts = check_before_training(module)
+    assert "allowed_leakage" not in facts
+    assert facts["patients_in_several_splits"] == 0 and facts["patient_leakage_possible"] is False
+    moved = sorted(Path(p).name for p in module.grouping_facts()["moved_from_given_split"])
+    assert moved == ["IM-0001-0003.jpeg", "NORMAL2-IM-0005-0002.jpeg", "person12_bacteria_9.jpeg"]
+    manifest = module.manifest.assign(name=module.manifest["path"].map(lambda p: Path(p).name))
+    for prefix in ("IM-0001-", "NORMAL2-IM-0005-", "person12_"):
+        rows = manifest[manifest["name"].str.startswith(prefix)]
+        assert len(rows) == sum(KAGGLE_SHARED[prefix.rstrip("-_")].values())
+        assert set(rows["split"]) == {"train"}, rows
 
 
 def test_kaggle_resplit_keeps_each_shared_id_in_one_split(kaggle_root, tmp_path):
@@ -294,10 +305,14 @@ def test_audit_finds_different_labels_and_a_png_named_jpg(tmp_path, capsys):
     assert audit["image_properties"]["extension_differs_from_format"] == 1
     assert audit["image_properties"]["formats"] == {"PNG": 15, "JPEG": 2}
 
+    # the pair under two classes is left out of the split, and listed
+    assert audit["conflicting_labels"] == [[{"path": str(root / "a" / "a0.png"), "label": "a"},
+                                            {"path": str(mislabelled), "label": "b"}]]
     markdown = (tmp_path / "out" / "audit.md").read_text()
-    flagged = [line for line in markdown.splitlines() if "DIFFERENT LABELS" in line]
+    exact_section = markdown.split("## Exact duplicates")[1].split("\n## ")[0]
+    flagged = [line for line in exact_section.splitlines() if "DIFFERENT LABELS" in line]
     assert len(flagged) == 1 and str(mislabelled) in flagged[0] and "a0.png" in flagged[0]
-    assert "- duplicates with different labels: 1" in markdown
+    assert "- groups of copies with different labels: 1 (2 files left out of the split)" in markdown
     assert "- extension does not match the format: 1" in markdown
-    assert "duplicates with different labels: 1" in capsys.readouterr().out
+    assert "groups of copies with different labels: 1" in capsys.readouterr().out
     assert png_as_jpg.suffix == ".jpg" and Image.open(png_as_jpg).format == "PNG"

@@ -68,9 +68,13 @@ def write_uniform(path: Path, pixel: int) -> None:
 
 def write_given_split(root: Path, test_pixels: dict[str, list[int]]) -> Path:
     """``root/{train,val,test}/<class>/<class>_<pixel>.png``; train and val get two images
-    per class (only the test split matters here)."""
-    for name, pixels in test_pixels.items():
-        for split, values in (("train", [1, 2]), ("val", [3, 4]), ("test", pixels)):
+    per class (only the test split matters here), each class its own pixel values: two
+    uniform images of one value would be copies under two labels, which the split leaves
+    out."""
+    for k, (name, pixels) in enumerate(test_pixels.items()):
+        train, val = [241 + 4 * k, 242 + 4 * k], [243 + 4 * k, 244 + 4 * k]
+        assert not set(train + val) & {p for values in test_pixels.values() for p in values}
+        for split, values in (("train", train), ("val", val), ("test", pixels)):
             for pixel in values:
                 write_uniform(root / split / name / f"{name}_{pixel:03d}.png", pixel)
     return root

@@ -55,9 +55,9 @@ def covid3_expected() -> dict[str, dict[str, int]]:
 
 
 def image_bytes(index: int, fmt: str, mode: str = "L") -> bytes:
-    """An 8 x 8 image whose pixels encode ``index`` (so files differ)."""
-    pixels = np.full((8, 8), index % 251, np.uint8)
-    pixels[0, :4] = (index // 251) % 256
+    """An 8 x 8 image of random pixels seeded by ``index``: distinct images, which the
+    split does not take for copies of one another."""
+    pixels = np.random.default_rng(index).integers(0, 256, (8, 8), dtype=np.uint8)
     image = Image.fromarray(pixels).convert(mode)
     buffer = io.BytesIO()
     image.save(buffer, fmt)
@@ -90,7 +90,8 @@ def cardiomegaly_tree(root: Path) -> Path:
         (root / label).mkdir(parents=True)
         for i in range(n):
             suffix, dtype = (".tiff", np.uint8) if i % 5 == 0 else (".tif", np.uint16)
-            pixels = np.full((8, 8), 100 * i + (label == "normal"), dtype=np.uint32).astype(dtype)
+            top = np.iinfo(dtype).max  # distinct random images, seeded by class and number
+            pixels = np.random.default_rng([i, label == "normal"]).integers(0, top, (8, 8), dtype=dtype)
             tifffile.imwrite(root / label / f"{label}_{i:04d}{suffix}", pixels)
     return root
 
@@ -98,8 +99,9 @@ def cardiomegaly_tree(root: Path) -> Path:
 def covid3_tree(root: Path) -> Path:
     """Qi et al.'s twin folders, one below ``data.root`` as the Kaggle archive unpacks:
     the X-rays in ``CXR_ijcar_mix/`` and their 3-channel versions, same names, in
-    ``Enh_ijcar_mix/``. The images of a class are hard links to one file (the split reads
-    no pixels; 36,438 links are quicker to make than files)."""
+    ``Enh_ijcar_mix/``. The images of a class are hard links to one file (36,438 links are
+    quicker to make than files); being copies of one image, they are split with
+    ``data.split.group_duplicates=false`` (see :data:`UNGROUPED`)."""
     base = root / "largest-covid19-dataset"
     for twin, mode in (("CXR_ijcar_mix", "L"), ("Enh_ijcar_mix", "RGB")):
         for c, (label, n) in enumerate(COVID3_SIZES.items()):
@@ -111,6 +113,8 @@ def covid3_tree(root: Path) -> Path:
     return root
 
 
+# copies are kept in one split by default; covid3's generated classes are each one image
+UNGROUPED = {"covid3": ("data.split.group_duplicates=false",)}
 TREES = {"brain_mri": brain_mri_tree, "cardiomegaly": cardiomegaly_tree, "covid3": covid3_tree,
          "pneumonia": lambda root: kaggle_tree(root / "chest_xray", KAGGLE_SPLITS)}
 EXPECTED = {  # split counts per class, and the data set's size
@@ -136,7 +140,8 @@ def paper_split(tmp_path_factory):
             roots[data] = TREES[data](tmp_path_factory.mktemp(data))
         run_dir = tmp_path_factory.mktemp("run")
         cfg = compose_config([f"data={data}", f"data.root={roots[data]}", "data.cache.enabled=false",
-                              "data.loader.num_workers=0", *overrides], run_dir)
+                              "data.loader.num_workers=0", *UNGROUPED.get(data, ()), *overrides],
+                             run_dir)
         assert cfg.data.split.mode == "paper"
         module = hydra.utils.instantiate(cfg.data, augment=None, _convert_="all")
         module.prepare_data()

@@ -198,7 +198,7 @@ def test_covid3_twins_and_variant(tmp_path):
     for twin, value in (("CXR_ijcar_mix", 50), ("Enh_ijcar_mix", 200)):
         for label in ("normal", "pneumonia", "COVID-19"):
             for i in range(4):
-                write_gray(tmp_path / "largest" / twin / label / f"{label}_{i}.png", value)
+                write_gray(tmp_path / "largest" / twin / label / f"{label}_{i}.png", value + 4 * i + len(label))
     cxr = source("covid3", tmp_path, "data.variant=cxr").records()
     enh = source("covid3", tmp_path, "data.variant=enh").records()
     assert len(cxr) == len(enh) == 12

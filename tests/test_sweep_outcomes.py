@@ -293,7 +293,8 @@ def test_the_report_of_a_sweep_that_failed_at_the_data_check_says_so(tmp_path, o
     root = leakage_tree(tmp_path / "images")
     sweep_dir = tmp_path / "sweep"
     for job, seed in enumerate((0, 1)):
-        overrides = ["data=folder", f"data.root={root}", "data.split.mode=given", *TINY_TRAINING,
+        overrides = ["data=folder", f"data.root={root}", "data.split.mode=given",
+                     "data.split.group_duplicates=false", *TINY_TRAINING,  # the folders as they are
                      "model.name=test_resnet", f"seed={seed}",
                      f"paths.cache_dir={tmp_path / 'cache'}"]
         cfg = multirun_mode_config(overrides, sweep_dir / str(job), None)

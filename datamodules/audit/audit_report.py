@@ -23,29 +23,44 @@ def write_audit(audit: dict, folder: str | Path) -> tuple[Path, Path]:
 def summary_lines(audit: dict) -> list[str]:
     s = audit["summary"]
     data = audit.get("data", {})
+    totals = audit.get("class_totals") or {}
     counts = "; ".join(
         f"{split} " + ", ".join(f"{label} {n}" for label, n in per_class.items())
         for split, per_class in audit["counts"].items()
     )
     props = audit["image_properties"]
     lines = [
-        f"{data.get('name', 'data')}: {s['files']} files ({counts})",
+        f"{data.get('name', 'data')}: {s['files']} files ({_inline(totals)})",
+        f"per split: {counts}",
         f"unreadable, truncated, zero-byte or non-image files: {s['problem_files']}",
         *_bomb_lines(audit),
-        (f"exact duplicate groups: {s['exact_duplicate_groups']} "
-        f"({s['exact_duplicate_groups_across_splits']} across splits)"),
+        (f"exact duplicate groups (same bytes or pixels): {s['exact_duplicate_groups']} "
+         f"({s['exact_duplicate_groups_across_splits']} across splits)"),
     ]
     if s["near_duplicate_pairs"] is not None:
         lines.append(
-            f"near-duplicate pairs (pHash distance <= {audit['near_duplicate_max_distance']}): "
-            f"{s['near_duplicate_pairs']} ({s['near_duplicate_pairs_across_splits']} across splits)"
+            f"near duplicates confirmed (pHash distance <= {audit['near_duplicate_max_distance']}"
+            f", similarity >= {audit['near_duplicate_min_similarity']}): "
+            f"{s['near_duplicate_pairs']} pair(s) ({s['near_duplicate_pairs_across_splits']} "
+            f"across splits); candidates rejected: {s['near_duplicate_candidates_rejected']}"
+        )
+    if "copy_groups" in s:
+        lines.append(
+            f"groups of copies: {s['copy_groups']} ({s['copy_groups_kept_in_one_split']} kept "
+            f"in one split, {s['copy_groups_across_splits']} across splits)"
         )
     if s["duplicates_with_different_labels"]:
-        lines.append(f"duplicates with different labels: {s['duplicates_with_different_labels']}")
+        lines.append(f"groups of copies with different labels: {s['duplicates_with_different_labels']}"
+                     + (f" ({s['conflicting_label_files_excluded']} files left out of the split)"
+                        if s.get("conflicting_label_files_excluded") else ""))
     patients = s["patients_in_several_splits"]
+    several = s.get("patients_with_several_images")
     lines.append(
         "patients in more than one split: "
         + ("unknown (the file names carry no patient id)" if patients is None else str(patients))
+        + (f"; patients with several images: {several}, "
+           f"{s.get('patients_kept_in_one_split')} of them kept in one split"
+           if several is not None else "")
     )
     lines.append(
         f"formats {_inline(props['formats'])}; modes {_inline(props['modes'])}; "
@@ -58,6 +73,10 @@ def summary_lines(audit: dict) -> list[str]:
             f"files not taken: {other['count']} ({_inline(other['by_extension'])}), "
             f"hidden or __MACOSX: {other['hidden_or_macosx']}"
         )
+    shortfall = data.get("split_shortfall")
+    if shortfall:
+        lines.append("split differs from its targets (whole groups kept together): " + "; ".join(
+            f"{d['split']} {d['class']} {d['got']} instead of {d['wanted']}" for d in shortfall))
     if data.get("split_error"):
         lines.append(f"split not made: {data['split_error']}")
     return lines
@@ -85,14 +104,31 @@ def markdown(audit: dict) -> str:
         lambda p: f"`{p['path']}` ({p['split']}, {p['label']}): {p['problem']} — {p['detail']}",
     )
     out += _section(
-        "Exact duplicates (same bytes)", audit["exact_duplicates"], _group_line,
+        "Exact duplicates (same bytes or same decoded pixels)", audit["exact_duplicates"],
+        lambda g: f"same {g.get('same', 'bytes')}: " + _group_line(g),
     )
     if audit["near_duplicate_max_distance"] is not None:
+        distance = audit["near_duplicate_max_distance"]
+        similarity = audit["near_duplicate_min_similarity"]
         out += _section(
-            f"Near duplicates (pHash distance <= {audit['near_duplicate_max_distance']} of 64 bits)",
-            audit["near_duplicates"],
-            lambda g: f"distance {g['distance']}: " + _group_line(g),
+            f"Near duplicates, confirmed (pHash distance <= {distance} of 64 bits and "
+            f"structural similarity >= {similarity} after alignment)",
+            audit["near_duplicates"], _pair_line,
         )
+        out += _section(
+            f"Near-duplicate candidates rejected (pHash distance <= {distance}, but "
+            f"structural similarity < {similarity}: different images with a similar layout)",
+            audit.get("near_duplicate_candidates_rejected", []), _pair_line,
+        )
+        out += _section(
+            "Groups of copies (joined transitively; the split keeps each in one split)",
+            audit.get("copy_groups", []), _group_line,
+        )
+    out += _section(
+        "Copies filed under different classes, left out of training and evaluation",
+        audit.get("conflicting_labels", []),
+        lambda g: ", ".join(f"`{f['path']}` ({f['label']})" for f in g),
+    )
     if audit["patient_ids_known"]:
         out += _section(
             "Patients in more than one split", audit["patients_in_several_splits"],
@@ -128,6 +164,11 @@ def _group_line(group: dict) -> str:
                                    ("DIFFERENT LABELS", group["labels_differ"])) if on]
     files = ", ".join(f"`{f['path']}` ({f['split']}, {f['label']})" for f in group["files"])
     return (f"**{' / '.join(flags)}** " if flags else "") + files
+
+
+def _pair_line(pair: dict) -> str:
+    return (f"distance {pair['distance']}, similarity {pair['similarity']:.3f}: "
+            + _group_line(pair))
 
 
 def _counts_table(counts: dict) -> list[str]:

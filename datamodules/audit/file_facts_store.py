@@ -19,7 +19,7 @@ from medrepro.core.run_folder import write_atomic
 
 log = logging.getLogger(__name__)
 FILENAME = "file_facts.json"
-VERSION = 1
+VERSION = 2  # 2: facts with perceptual and pixel hashes, near-duplicate pair scores
 
 
 def file_key(path: str) -> str:
@@ -32,28 +32,31 @@ def file_key(path: str) -> str:
 
 
 class FileFactsStore:
-    """Facts (``FileFacts.as_dict()``) by :func:`file_key`, and the keys of files that
-    decoded (``decoded``), loaded from and saved to ``folder/file_facts.json``; a missing or
-    unreadable store is simply empty."""
+    """Facts (``FileFacts.as_dict()``) by :func:`file_key`, the keys of files that decoded
+    (``decoded``) and the pixel similarity of near-duplicate candidates (``pairs``, by the
+    two files' keys joined with a newline), loaded from and saved to
+    ``folder/file_facts.json``; a missing, unreadable or older store is simply empty."""
 
     def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / FILENAME
         self.facts: dict[str, dict] = {}
         self.decoded: set[str] = set()
+        self.pairs: dict[str, float] = {}
         try:
             stored = json.loads(self.path.read_text())
             if stored.get("version") == VERSION:
                 self.facts = stored["facts"]
                 self.decoded = set(stored.get("decoded", []))
+                self.pairs = dict(stored.get("pairs", {}))
         except (OSError, ValueError, KeyError, AttributeError, TypeError):
-            self.facts, self.decoded = {}, set()
+            self.facts, self.decoded, self.pairs = {}, set(), {}
 
     def save(self) -> None:
         """Write atomically (temporary file, then rename): concurrent jobs never see half a
         file; the last writer wins, which is harmless since facts depend only on the file.
         A folder that cannot be written is skipped (logged)."""
         text = json.dumps({"version": VERSION, "facts": self.facts,
-                           "decoded": sorted(self.decoded)})
+                           "decoded": sorted(self.decoded), "pairs": self.pairs})
         try:
             write_atomic(self.path, text)
         except OSError as error:

@@ -2,14 +2,16 @@
 
 Two depths:
 
-* ``quick`` (run before every training): the file's bytes are hashed (exact duplicates),
-  its header is parsed (format, mode, size, bit depth), an image of more pixels than
-  ``max_pixels`` is marked a possible decompression bomb, and JPEG and PNG files are
-  checked for their end marker (truncation). No pixel is decoded, so it takes about as
-  long as reading the files once.
-* full (``python audit.py``): the image is also decoded with the training reader, which
-  finds every file training would fail on, and its perceptual hash is computed (near
-  duplicates).
+* ``quick``: the file's bytes are hashed (exact duplicates), its header is parsed
+  (format, mode, size, bit depth), an image of more pixels than ``max_pixels`` is marked a
+  possible decompression bomb, and JPEG and PNG files are checked for their end marker
+  (truncation). No pixel is decoded, so it takes about as long as reading the files once.
+* full (before every training, and ``python audit.py``): the image is also decoded with
+  the training reader, which finds every file training would fail on, and its perceptual
+  hash (near-duplicate candidates) and the hash of its 8-bit grayscale pixels (copies with
+  other bytes but the same pixels) are computed. Training remembers these facts per file
+  (:class:`~medrepro.datamodules.audit.file_facts_store.FileFactsStore`), so each file is
+  decoded for them once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medrepro.datamodules.audit.perceptual_hash import perceptual_hash
@@ -40,6 +43,9 @@ TOO_LARGE = "possible decompression bomb"
 BITS_PER_MODE = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
                  "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 JPEG_END = b"\xff\xd9"
+# a (nearly) flat image has no layout for a perceptual hash to describe (its bits are
+# noise): it gets none, and is a copy only of images with its exact pixels
+MIN_CONTRAST = 2 / 255
 PNG_END = b"IEND"
 
 
@@ -58,6 +64,7 @@ class FileFacts:
     problem: str | None = None
     detail: str | None = None
     phash: int | None = None
+    pixel_sha256: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,10 +98,18 @@ def inspect_file(path: str | Path, quick: bool = True, max_pixels: int | None = 
         return _with_problem(facts, TRUNCATED, f"{facts.format} file without its end marker")
     if not quick:
         try:
-            facts.phash = perceptual_hash(read_image(path, 1, max_pixels)[:, :, 0])
+            gray = read_image(path, 1, max_pixels)[:, :, 0]
         except UnreadableImage as error:
             return _with_problem(facts, decoding_problem(error.reason), error.reason)
+        facts.phash = perceptual_hash(gray) if np.std(gray) >= MIN_CONTRAST else None
+        facts.pixel_sha256 = pixel_hash(gray)
     return facts
+
+
+def pixel_hash(gray: np.ndarray) -> str:
+    """SHA-256 of a 2-D image in ``[0, 1]`` as 8-bit pixels, with its shape."""
+    pixels = np.round(np.asarray(gray, dtype=np.float32) * 255).astype(np.uint8)
+    return hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
 
 
 def size_problem(facts: FileFacts, max_pixels: int) -> bool:

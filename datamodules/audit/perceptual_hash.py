@@ -34,10 +34,12 @@ def hamming_distance(a: int, b: int) -> int:
     return int(a ^ b).bit_count()
 
 
-def near_duplicate_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 1024):
+def near_duplicate_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 1024,
+                         limit: int | None = None):
     """``(i, j, distance)`` for every ``i < j`` whose hashes differ in at most
     ``max_distance`` bits (``hashes``: ``uint64`` array). Vectorised in row chunks, so
-    tens of thousands of images take seconds."""
+    tens of thousands of images take seconds. ``None`` as soon as there are more than
+    ``limit`` pairs."""
     hashes = np.asarray(hashes, dtype=np.uint64)
     pairs = []
     for start in range(0, len(hashes), chunk):
@@ -45,6 +47,8 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 102
         distances = np.bitwise_count(rows[:, None] ^ hashes[None, :])
         i, j = np.nonzero(distances <= max_distance)
         keep = j > i + start
+        if limit is not None and len(pairs) + int(keep.sum()) > limit:
+            return None
         for a, b in zip(i[keep] + start, j[keep]):
             pairs.append((int(a), int(b), int(distances[a - start, b])))
     return pairs

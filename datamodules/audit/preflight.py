@@ -1,18 +1,20 @@
 """The checks that every training run does before fitting.
 
-Cheap checks come first: the quick part of the data audit reads every train/val/test file
-once without decoding it (unchanged files are remembered in the cache folder, so the jobs
-of a sweep read them once). Then every file is decoded once: by building the image cache
-(``data.cache.enabled=true``), or by a decoding pass (remembered the same way). The run
-stops with one sentence when
+The data module has inspected every file before splitting (read, hashed and decoded once;
+unchanged files are remembered in the cache folder, so the jobs of a sweep read them once)
+and found the copies among them. With ``data.cache.enabled=true`` building the cache then
+decodes every file through the pre-processing. The run stops with one sentence when
 
 * a file is zero bytes, not an image, truncated, larger than
   ``data.checks.max_image_pixels`` (a possible decompression bomb) or cannot be decoded,
   unless ``data.checks.skip_unreadable=true`` (those files are then left out of the split,
   listed in results.json, and the log says how many);
-* the same bytes are in two of train/val/test, the same bytes carry two labels within one
-  split, or a patient has images in two splits although
-  ``data.split.group_by_patient=true``, unless ``data.checks.allow_leakage=true``.
+* copies of one image (identical bytes or pixels, confirmed near duplicates) are in two of
+  train/val/test (only possible with ``data.split.group_duplicates=false``), copies carry
+  two labels within one split (only with
+  ``data.duplicates.exclude_conflicting_labels=false``), or a patient has images in two
+  splits although ``data.split.group_by_patient=true``, unless
+  ``data.checks.allow_leakage=true``.
 
 With ``group_by_patient=false`` (the papers' image-level split) patients in several
 splits are the user's explicit choice: they are counted, not stopped. What was skipped
@@ -29,14 +31,11 @@ import pandas as pd
 from medrepro.core.errors import DataError
 from medrepro.core.records import SPLITS
 from medrepro.datamodules.audit.data_audit import (
-    exact_duplicates,
     file_problems,
-    inspect_manifest,
+    group_entries,
     patient_ids_known,
     patients_in_several_splits,
 )
-from medrepro.datamodules.audit.decoding_check import undecodable_files
-from medrepro.datamodules.audit.file_facts_store import FileFactsStore
 from medrepro.datamodules.audit.file_inspection import TOO_LARGE, UNREADABLE, decoding_problem
 from medrepro.datamodules.transforms.image_reader import (
     ImageTooLarge,
@@ -53,15 +52,15 @@ def check_before_training(datamodule) -> dict:
     """Run the checks on ``datamodule.manifest`` (after ``setup``); return the facts for
     results.json and store them as ``datamodule.data_checks``."""
     limit = datamodule.checks.pixel_limit
-    # read once, for the header and the decoding checks
-    store = FileFactsStore(datamodule.cache.dir) if datamodule.cache.dir else None
-    table = inspect_manifest(_used(datamodule.manifest), quick=True, store=store, max_pixels=limit)
+    used = _used(datamodule.manifest)
+    facts = datamodule.file_table.drop(columns=["label", "patient_id", "split"])
+    table = used.merge(facts, on="path", how="left", validate="one_to_one")
     checks: dict = {}
 
     skipped = _leave_out(datamodule, file_problems(table), limit)
     table = table[table["problem"].isna()]
     checks.update(_leakage(datamodule, table))
-    skipped += _leave_out(datamodule, _decoding_problems(datamodule, limit, store), limit)
+    skipped += _leave_out(datamodule, _decoding_problems(datamodule, limit), limit)
     if skipped:
         log.warning("Skipped %d unreadable file(s) (%s); results.json lists them under "
                     "data.skipped_unreadable.", len(skipped), SKIP_SETTING)
@@ -116,16 +115,13 @@ def _leave_out(datamodule, problems: list[dict], max_pixels: int) -> list[dict]:
     return problems
 
 
-def _decoding_problems(datamodule, max_pixels: int, store: FileFactsStore | None) -> list[dict]:
-    """Decode every train/val/test file once: the cache build with the cache on, else a
-    decoding pass; the files that could not be decoded, as audit problems."""
-    used = _used(datamodule.manifest)
-    if datamodule.cache.enabled:
-        reasons = datamodule.open_cache().unreadable
-    else:
-        errors = undecodable_files(used["path"].tolist(), max_pixels, store)
-        reasons = {path: error.reason for path, error in errors.items()}
-    return as_problems(used, reasons)
+def _decoding_problems(datamodule, max_pixels: int) -> list[dict]:
+    """The files that the cache build could not decode through the pre-processing, as
+    audit problems (the inspection has decoded every file already; without a cache there is
+    nothing more to find)."""
+    if not datamodule.cache.enabled:
+        return []
+    return as_problems(_used(datamodule.manifest), datamodule.open_cache().unreadable)
 
 
 def as_problems(manifest: pd.DataFrame, reasons: dict[str, str]) -> list[dict]:
@@ -139,9 +135,9 @@ def as_problems(manifest: pd.DataFrame, reasons: dict[str, str]) -> list[dict]:
 
 
 def _leakage(datamodule, table: pd.DataFrame) -> dict:
-    """Stop on cross-split leakage and on identical files under two labels in one split
-    (one sentence), unless allowed; return what was allowed (``allowed_leakage``)."""
-    groups = exact_duplicates(table)
+    """Stop on copies in two splits and on copies under two labels in one split (one
+    sentence), unless allowed; return what was allowed (``allowed_leakage``)."""
+    groups = group_entries(table, datamodule.duplicates.groups(table["path"].tolist()))
     duplicates = [g for g in groups if g["cross_split"]]
     conflicts = [g for g in groups if g["labels_differ"] and not g["cross_split"]]
     patients = patients_in_several_splits(datamodule.manifest)
@@ -190,16 +186,22 @@ def leakage_sentence(duplicates: list[dict], conflicts: list[dict], patients: li
         )
     kind = " and ".join(k for k, found in (("Cross-split leakage", duplicates or patients),
                                            ("conflicting labels", conflicts)) if found)
-    fix = "remove or relabel the duplicates" if conflicts else "remove the duplicates"
+    fixes = []
+    if duplicates:
+        fixes.append("set data.split.group_duplicates=true to keep copies in one split")
+    if conflicts:
+        fixes.append("set data.duplicates.exclude_conflicting_labels=true to leave them out")
+    if patients:
+        fixes.append("change the split")
     return (
-        f"{kind[0].upper()}{kind[1:]}: {' and '.join(parts)}; {fix} or change the split "
+        f"{kind[0].upper()}{kind[1:]}: {' and '.join(parts)}; {', or '.join(fixes)} "
         f"({AUDIT_HINT} lists them all), or set data.checks.allow_leakage=true to train anyway."
     )
 
 
 def _files_in_groups(groups: list[dict]) -> str:
     files = sum(len(g["files"]) for g in groups)
-    return f"{files} identical files ({len(groups)} group(s) of the same bytes)"
+    return f"{files} identical or near-identical files ({len(groups)} group(s) of copies)"
 
 
 def _differing_pair(files: list[dict], key: str) -> tuple[dict, dict]:

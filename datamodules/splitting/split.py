@@ -16,13 +16,19 @@ Modes:
   ``split.paper`` as ``{counts: {...}}`` or ``{ratios: {...}}``; all images are pooled
   and re-split to it (Kaggle pneumonia: studies 3 and 4's 790/2,140, 593/1,833, 200/300).
 
-``counts`` and ``ratios`` are stratified (targets are set per class) and seeded. With
-``group_by_patient`` all images of a patient go to the same split, so that no patient
-is seen in training and in evaluation; counts are then met as closely as whole patients
-allow. scikit-learn's splitters do k-fold or approximate proportions, not fixed per-class
-counts over groups, so the assignment is a small seeded greedy fill: patients are visited
-in random order, largest first, and each goes to the split whose per-class shortfall it
-fills best.
+``counts`` and ``ratios`` are stratified (targets are set per class) and seeded. Images
+that must not be separated form one group: with ``group_by_patient`` all images of a
+patient, and with ``group_duplicates`` (the default, in every mode) the copies of one image
+that ``links`` names (identical bytes or pixels, confirmed near duplicates: see
+:mod:`medrepro.datamodules.audit.duplicate_relation`), transitively, so that no patient and
+no image is seen in training and in evaluation. Counts are then met as closely as whole
+groups allow; the difference per split and class is logged and kept in the manifest's
+``attrs["shortfall"]``. scikit-learn's splitters do k-fold or approximate proportions, not
+fixed per-class counts over groups, so the assignment is a small seeded greedy fill: groups
+are visited in random order, largest first, and each goes to the split whose per-class
+shortfall it fills best. In ``given`` mode a group whose copies lie in two of the data
+set's own folders is moved whole to the folder that holds most of it (ties: the first of
+train, val, test); ``attrs["moved"]`` lists the files moved.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import pandas as pd
 
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.core.records import SPLITS, ImageRecord
+from medrepro.datamodules.audit.duplicate_relation import component_labels
 
 log = logging.getLogger(__name__)
 MODES = ("given", "counts", "ratios", "paper")
@@ -52,6 +59,8 @@ def make_split(
     group_by_patient: bool = False,
     seed: int = 0,
     paper: Mapping | None = None,
+    group_duplicates: bool = True,
+    links: Sequence[tuple[str, str]] = (),
 ) -> pd.DataFrame:
     """Assign every record to ``train``, ``val``, ``test`` (or ``unused``).
 
@@ -71,8 +80,12 @@ def make_split(
             "given_split": [r.given_split for r in records],
         }
     ).sort_values("path", ignore_index=True)
+    groups = _group_keys(frame, group_by_patient, links if group_duplicates else ())
+    shortfall: list[dict] = []
+    moved: list[str] = []
     if mode == "given":
-        frame["split"] = _given_splits(frame)
+        frame["split"], moved_rows = _keep_given_groups(_given_splits(frame), groups)
+        moved = frame.loc[moved_rows, "path"].tolist()
     else:
         per_class = frame["label"].value_counts().to_dict()
         try:
@@ -88,12 +101,14 @@ def make_split(
                 f"{str(error).split(';')[0]}: data.split.mode=paper needs the whole published "
                 "data set; point data.root at it or use data.split.mode=ratios."
             ) from None
-        groups = _group_keys(frame, group_by_patient)
         frame["split"] = _assign_groups(
             frame["label"], groups, targets, class_names, seed, allow_unused=mode == "counts"
         )
-        _log_shortfall(frame, targets, class_names)
-    return frame[MANIFEST_COLUMNS]
+        shortfall = _shortfall(frame, targets, class_names)
+    manifest = frame[MANIFEST_COLUMNS].copy()
+    manifest.attrs["shortfall"] = shortfall
+    manifest.attrs["moved"] = moved
+    return manifest
 
 
 def split_counts(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -181,10 +196,43 @@ def _share(fraction: float, n: int) -> int:
     return round(Fraction(str(float(fraction))) * n)
 
 
-def _group_keys(frame: pd.DataFrame, group_by_patient: bool) -> pd.Series:
-    if not group_by_patient:
+def _group_keys(frame: pd.DataFrame, group_by_patient: bool,
+                links: Sequence[tuple[str, str]]) -> pd.Series:
+    """One key per row: rows with the same key must go to the same split (connected
+    components of the patient ids, when grouping by patient, and of ``links``)."""
+    paths = frame["path"].tolist()
+    edges = list(links)
+    if group_by_patient:
+        known = frame[frame["patient_id"].notna()]
+        for _, rows in known.groupby("patient_id", sort=False):
+            members = rows["path"].tolist()
+            edges += [(members[0], other) for other in members[1:]]
+    if not edges:
         return frame["path"]
-    return frame["patient_id"].where(frame["patient_id"].notna(), frame["path"])
+    labels = component_labels(paths, edges)
+    first = {}
+    for path, label in zip(paths, labels):
+        first.setdefault(label, path)  # name each group by its first path
+    return pd.Series([first[label] for label in labels], index=frame.index)
+
+
+def _keep_given_groups(splits: pd.Series, groups: pd.Series) -> tuple[pd.Series, list]:
+    """The given splits with every group moved whole to the split holding most of it, and
+    the index of each row moved."""
+    splits = splits.copy()
+    moved = []
+    for _, members in splits.groupby(groups, sort=True):
+        if members.nunique() < 2:
+            continue
+        counts = members.value_counts()
+        best = max(counts.index, key=lambda s: (counts[s], -SPLITS.index(s)))
+        changed = members.index[members != best]
+        moved += list(changed)
+        splits.loc[changed] = best
+    if moved:
+        log.warning("%d file(s) moved from their given split to the one that holds their "
+                    "copies (data.split.group_duplicates=true)", len(moved))
+    return splits, moved
 
 
 def _assign_groups(labels, groups, targets, class_names, seed, allow_unused) -> list[str]:
@@ -216,13 +264,18 @@ def _assign_groups(labels, groups, targets, class_names, seed, allow_unused) -> 
     return result
 
 
-def _log_shortfall(frame: pd.DataFrame, targets, class_names) -> None:
+def _shortfall(frame: pd.DataFrame, targets, class_names) -> list[dict]:
+    """Every split and class whose count differs from its target (logged)."""
     table = split_counts(frame)
+    differences = []
     for split in SPLITS:
         for name in class_names:
             got = int(table.loc[split, name]) if split in table.index and name in table else 0
             if got != targets[split][name]:
                 log.warning(
-                    "split %s, class %s: %d images instead of %d (whole patients kept together)",
-                    split, name, got, targets[split][name],
+                    "split %s, class %s: %d images instead of %d (whole groups of a patient "
+                    "or of copies kept together)", split, name, got, targets[split][name],
                 )
+                differences.append({"split": split, "class": name, "wanted": targets[split][name],
+                                    "got": got})
+    return differences

@@ -172,6 +172,27 @@ def read_image(path: str | Path, channels: int = 1, max_pixels: int | None = Non
         raise UnreadableImage(path, str(error) or type(error).__name__) from error
 
 
+def thumbnail(path: str | Path, min_side: int, max_pixels: int | None = None) -> np.ndarray:
+    """The image as a 2-D ``float32`` grayscale array in ``[0, 1]`` whose shorter side is at
+    least ``min_side`` where the image is that large (for comparing images, not training).
+    A JPEG is decoded directly at a reduced scale (its DCT allows 1/2, 1/4 and 1/8), which
+    is several times faster than a full decode; other formats are read by
+    :func:`read_image`. Errors as :func:`read_image`."""
+    max_pixels = int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS)
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        try:
+            with open_image(path, max_pixels) as image:
+                check_pixel_count(path, *image.size, max_pixels)
+                if image.format == "JPEG" and image.mode in ("L", "RGB"):
+                    image.draft("L", (min_side, min_side))
+                    return _to_unit_float(np.asarray(image.convert("L")))
+        except DataError:
+            raise
+        except (OSError, ValueError, Image.DecompressionBombError):
+            pass  # read_image says what is wrong
+    return read_image(path, 1, max_pixels)[:, :, 0]
+
+
 def _read_pil(path: Path, max_pixels: int) -> np.ndarray:
     with open_image(path, max_pixels) as image:
         check_pixel_count(path, *image.size, max_pixels)

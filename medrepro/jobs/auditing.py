@@ -24,6 +24,7 @@ from medrepro.datamodules.splitting.split import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 UNSPLIT = "unsplit"
+EXCLUDED = "excluded (copies with two labels)"
 
 
 def audit(cfg: DictConfig) -> dict:
@@ -34,32 +35,50 @@ def audit(cfg: DictConfig) -> dict:
     split_error = None
     try:
         datamodule.setup("fit")
-        manifest = datamodule.manifest
+        manifest = pd.concat([datamodule.manifest, _left_out(datamodule)], ignore_index=True)
     except UserError as error:
         split_error = str(error)
         manifest = pd.DataFrame(
             [(r.path, r.label, r.patient_id, UNSPLIT) for r in records], columns=MANIFEST_COLUMNS
         )
+    settings = datamodule.duplicate_settings
+    found = datamodule.file_table is not None and split_error is None
     result = audit_data(
         manifest,
         quick=False,
-        near_distance=int(cfg.audit.near_duplicate_distance),
         workers=cfg.audit.get("workers"),
         max_pixels=datamodule.checks.pixel_limit,
+        table=datamodule.file_table if found else None,
+        relation=datamodule.duplicates if found else None,
+        candidate_distance=int(settings.candidate_distance),
+        min_similarity=float(settings.min_similarity),
     )
     settings = datamodule.split_settings
+    result["conflicting_labels"] = datamodule.conflicting_labels
+    result["summary"]["conflicting_label_files_excluded"] = sum(
+        len(group) for group in datamodule.conflicting_labels)
     result["data"] = {
         "name": datamodule.name,
         "root": str(datamodule.root),
         "variant": datamodule.variant,
         "split_mode": settings.get("mode"),
         "group_by_patient": bool(settings.get("group_by_patient", False)),
+        "group_duplicates": bool(settings.get("group_duplicates", True)),
+        "split_shortfall": datamodule.split_outcome.get("shortfall", []),
         "split_error": split_error,
     }
     json_path, md_path = write_audit(result, cfg.paths.output_dir)
     print("\n".join(summary_lines(result)))
     print(f"Full report: {md_path} (and {json_path.name})")
     return result
+
+
+def _left_out(datamodule) -> pd.DataFrame:
+    """The copies left out for carrying two labels, as manifest rows of split
+    :data:`EXCLUDED`."""
+    rows = [(f["path"], f["label"], None, EXCLUDED)
+            for group in datamodule.conflicting_labels for f in group]
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
 def run_audit(cfg: DictConfig) -> None:

@@ -38,6 +38,7 @@ RENAMED_KEYS = {
     "data.cache_dir": "data.cache.dir",
     "data.enhance": "data.preprocess.enhance",
     "data.enh": "data.preprocess.enh",
+    "audit.near_duplicate_distance": "data.duplicates.candidate_distance",
 }
 RENAMED_GROUPS = {"data.enh": "data.preprocess.enh"}  # whose keys moved with them
 

@@ -45,10 +45,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     augment = hydra.utils.instantiate(cfg.augment) if cfg.get("augment") else None
     datamodule = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    class_names = datamodule.find_classes()  # file names only: the model's mistakes first
 
     enter_step("model_building")
-    model = build_model(cfg, datamodule.class_names, datamodule.model_channels)
+    model = build_model(cfg, class_names, datamodule.model_channels)
     if cfg.trainer.get("compile", False):
         model.backbone.compile()  # in place: checkpoints keep the plain parameter names
     if start.checkpoint is not None:
@@ -56,6 +56,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = build_callbacks(cfg)
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = build_trainer(cfg, callbacks, logger, output_dir)
+
+    enter_step("data_loading")
+    datamodule.setup("fit")  # every file inspected once, copies grouped, then the split
 
     enter_step("data_check")
     check_before_training(datamodule)  # the quick data audit: stops on leakage or bad files
