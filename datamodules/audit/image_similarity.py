@@ -92,11 +92,14 @@ def _detail_correlation(first: np.ndarray, second: np.ndarray, covered: np.ndarr
 
 def _align(big_a: np.ndarray, big_b: np.ndarray) -> np.ndarray:
     """The affine warp (2 x 3) that maps ``big_a``'s pixels onto ``big_b``'s (both square,
-    of one size), estimated coarse to fine from the identity and from centred zooms of
-    :data:`RETRY_SCALES` (from the identity alone, a crop that removed a white frame can
-    pull the estimate away); of the plausible results, the one with the highest ECC
-    correlation, else the identity."""
-    found = [_align_from(big_a, big_b, scale) for scale in (1.0, *RETRY_SCALES)]
+    of one size), estimated coarse to fine from the identity; where that drifts to an
+    implausible warp (a crop that removed a white frame can pull it away), from centred
+    zooms of :data:`RETRY_SCALES`, keeping the plausible result with the highest ECC
+    correlation; the identity when none is plausible."""
+    plain = _align_from(big_a, big_b, 1.0)
+    if plain is not None:
+        return plain[0]
+    found = [_align_from(big_a, big_b, scale) for scale in RETRY_SCALES]
     found = [result for result in found if result is not None]
     if not found:
         return np.eye(2, 3, dtype=np.float32)
