@@ -38,6 +38,10 @@ class DivergenceGuard(pl.Callback):
     training step is not stalled each batch. ``on_train_epoch_end`` reads anything still
     unread, for an epoch that ended before its last batch (``max_steps``, a data loader of
     unknown length).
+
+    In a multi-process (DDP) job each process sees its own batches' losses and test outputs;
+    every read takes the worst over all processes, so that they all stop together (a process
+    that stopped alone would leave the others waiting for it).
     """
 
     def __init__(self, check_every_n_batches: int = 20, validation_loss: str = "val/loss",
@@ -75,6 +79,9 @@ class DivergenceGuard(pl.Callback):
         worst, self._worst = self._worst, None
         if worst is None:
             return
+        # NaN as infinity: a reduction's maximum need not keep a NaN; both are reported alike
+        worst = torch.nan_to_num(worst.detach().float().clone(), nan=math.inf, posinf=math.inf)
+        worst = trainer.strategy.reduce(worst, reduce_op="max")
         where = f" by epoch {trainer.current_epoch + 1}, batch {self._last_batch}"
         self._raise_if_bad(float(worst), "the training loss", where)  # the one read-back
 
@@ -118,7 +125,8 @@ class DivergenceGuard(pl.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         flag, self._test_not_finite = self._test_not_finite, None
-        if flag is not None and bool(flag):
+        flag = torch.tensor(0.0, device=pl_module.device) if flag is None else flag.float()
+        if bool(trainer.strategy.reduce(flag, reduce_op="max")):  # in any process
             raise TrainingDiverged(
                 "Training diverged: the tested model's test probabilities are NaN or infinite, "
                 f"so its weights are not finite numbers; {ADVICE}."

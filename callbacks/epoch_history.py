@@ -33,6 +33,9 @@ class EpochHistory(pl.Callback):
     checkpoint (``ckpt_path``) keeps the rows of the epochs the checkpoint holds, from the
     metrics.csv of the checkpoint's run folder, drops the rows of a killed attempt after
     them, and goes on from there.
+
+    In a multi-process (DDP) job every process keeps the rows (the epoch metrics are
+    synchronised across processes) and the first process writes the file.
     """
 
     def __init__(self, output_dir: str) -> None:
@@ -67,7 +70,7 @@ class EpochHistory(pl.Callback):
             log.warning("%s holds %d of the %d epochs of the checkpoint resumed; metrics.csv "
                         "goes on without the others.", source, len(rows), epochs)
         self._rows, self._pending = rows, None
-        self._write()
+        self._write(trainer)
 
     def _flush(self, trainer: pl.Trainer) -> None:
         if self._pending is None or trainer.sanity_checking:
@@ -81,9 +84,11 @@ class EpochHistory(pl.Callback):
             if key.startswith(("train/", "val/")):
                 row[key] = float(value)
         self._rows.append(row)
-        self._write()
+        self._write(trainer)
 
-    def _write(self) -> None:
+    def _write(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
         frame = pd.DataFrame(self._rows, columns=None if self._rows else ["epoch"])
         ordered = [c for c in FIRST_COLUMNS if c in frame] + sorted(set(frame) - set(FIRST_COLUMNS))
         write_atomic(self.path, frame[ordered].to_csv(index=False))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 
 from medrepro.core.checkpoint_epochs import epochs_ended
 from medrepro.core.environment import device_description, package_versions
@@ -25,6 +26,11 @@ class ResultsJSON(pl.Callback):
     logged metrics and checkpoint callback, the module's ``class_names`` and
     ``confusion_matrices``, the data module, and the run folder's ``metrics.csv`` (read in
     ``on_fit_end``, once every callback's ``on_train_end`` has written it).
+
+    ``batch_size`` records how many images one optimizer step sees: ``per_process`` (the
+    data loader's batch, ``trainer.batch_size``) times ``processes`` (DDP: one per device)
+    times ``accumulate_grad_batches``. In a multi-process job every process keeps the
+    record (the metrics are synchronised across processes) and the first one writes it.
     """
 
     def __init__(self, output_dir: str, run_config: dict | None = None) -> None:
@@ -44,9 +50,11 @@ class ResultsJSON(pl.Callback):
             self.results["versions"] = package_versions()
             self.results["device"] = device_description(type(trainer.accelerator).__name__
                                                         .replace("Accelerator", "").lower())
+            self.results["resources"] = _job_resources()
             self.results["precision"] = str(trainer.precision)
+            self.results["batch_size"] = _batch_size(trainer, self.results.get("config"))
             self.results["data"] = _data_facts(trainer.datamodule)
-            self.write()
+            self.write(trainer)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.results["val_final_epoch"] = _stage_metrics(trainer, "val")
@@ -63,7 +71,7 @@ class ResultsJSON(pl.Callback):
                 "best_score": _number(checkpoint.best_model_score),
                 "last": getattr(checkpoint, "last_model_path", "") or None,
             }
-        self.write()
+        self.write(trainer)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict) -> None:
@@ -71,14 +79,14 @@ class ResultsJSON(pl.Callback):
             self._evaluated_checkpoint = self._checkpoint_record(trainer.ckpt_path, checkpoint)
         elif trainer.state.fn == "fit":  # a resumed fit (ckpt_path)
             self.results["resumed_from"] = self._resume_record(trainer.ckpt_path, checkpoint)
-            self.write()
+            self.write(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate":
             self.results["val"] = _stage_metrics(trainer, "val")
             self._confusion(pl_module, "val")
             self.results["tested_checkpoint"] = self._tested_checkpoint(trainer)
-            self.write()
+            self.write(trainer)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.results["tested_checkpoint"] = self._tested_checkpoint(trainer)
@@ -87,7 +95,7 @@ class ResultsJSON(pl.Callback):
         self.results["status"] = "completed"
         self.results["finished_at"] = now()
         self.results["total_seconds"] = round(time.perf_counter() - self._started, 1)
-        self.write()
+        self.write(trainer)
 
     def _tested_checkpoint(self, trainer: pl.Trainer) -> dict:
         """``which`` (``test_checkpoint``), ``file`` (in the run folder; ``links_to`` the
@@ -126,8 +134,9 @@ class ResultsJSON(pl.Callback):
                 "rows_true_columns_predicted": matrix,
             }
 
-    def write(self) -> None:
-        write_results(self.path, self.results)
+    def write(self, trainer: pl.Trainer) -> None:
+        if trainer.is_global_zero:
+            write_results(self.path, self.results)
 
 
 def _stage_metrics(trainer: pl.Trainer, stage: str) -> dict[str, float]:
@@ -145,6 +154,28 @@ def _epoch_seconds(metrics_csv: Path) -> list[float]:
         return []
     history = pd.read_csv(metrics_csv)
     return [float(s) for s in history["epoch_seconds"]] if "epoch_seconds" in history else []
+
+
+def _batch_size(trainer: pl.Trainer, config: dict | None) -> dict[str, int | None]:
+    """Images per data-loader batch in each process, processes, and images per optimizer
+    step (``None`` where the batch size is unknown)."""
+    per_process = getattr(trainer.datamodule, "batch_size", None)
+    if per_process is None:
+        per_process = ((config or {}).get("trainer") or {}).get("batch_size")
+    accumulate = int(trainer.accumulate_grad_batches)
+    return {
+        "per_process": per_process,
+        "processes": trainer.world_size,
+        "accumulate_grad_batches": accumulate,
+        "per_optimizer_step": None if per_process is None else per_process * trainer.world_size * accumulate,
+    }
+
+
+def _job_resources() -> dict:
+    """What the job runs with: ``gpu``, its ``CUDA_VISIBLE_DEVICES`` (the GPU a parallel
+    sweep gave it, see medrepro.jobs.job_resources; ``None``: not narrowed), and
+    ``threads``, torch's CPU threads."""
+    return {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads()}
 
 
 def _data_facts(datamodule) -> dict:

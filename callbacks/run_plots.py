@@ -25,11 +25,15 @@ class RunPlots(pl.Callback):
         self.folder = self.run_dir / PLOTS_FOLDER
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         history = _read_csv(self.run_dir / METRICS_CSV)
         if history is not None and len(history):
             plot_learning_curves(history, self.folder / "learning_curves.png")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         predictions = _read_csv(self.run_dir / PREDICTIONS_CSV)
         if predictions is None or not len(predictions):
             return

@@ -10,14 +10,15 @@ from medrepro.core.run_folder import SPLIT_CSV
 
 
 class SplitManifest(pl.Callback):
-    """Write the data module's manifest into the run folder when fitting or testing starts."""
+    """Write the data module's manifest into the run folder when fitting or testing starts
+    (in a multi-process job, by the first process only)."""
 
     def __init__(self, output_dir: str) -> None:
         self.path = Path(output_dir) / SPLIT_CSV
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         manifest = getattr(trainer.datamodule, "manifest", None)
-        if manifest is None:
+        if manifest is None or not trainer.is_global_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         manifest.to_csv(self.path, index=False)

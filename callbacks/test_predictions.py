@@ -8,6 +8,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
+from medrepro.core.distributed import gather_objects
 from medrepro.core.run_folder import PREDICTIONS_CSV
 
 
@@ -20,6 +21,10 @@ class TestPredictions(pl.Callback):
     (``probabilities`` and ``predicted``, the model's decision: threshold or argmax), and
     the module's ``class_names``. Written at the end of the test epoch, so every callback
     can read the file in ``on_test_end``.
+
+    In a multi-process (DDP) job each process tests its share of the images; the shares
+    are gathered and the first process writes every image once, in the order of the data
+    module's test split (``manifest``) when it has one.
     """
 
     __test__ = False  # not a pytest test class
@@ -40,14 +45,21 @@ class TestPredictions(pl.Callback):
         ))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._batches or trainer.sanity_checking:
+        if trainer.sanity_checking:
             return
+        batches, self._batches = self._batches, []
+        share = _columns(batches)
+        shares = gather_objects(share)  # every process, even one without a batch
+        if not trainer.is_global_zero:
+            return
+        shares = [part for part in shares if part[0]]
+        if not shares:
+            return
+        paths = [p for part in shares for p in part[0]]
+        labels = torch.cat([part[1] for part in shares]).long()
+        probabilities = torch.cat([part[2] for part in shares])
+        predicted = torch.cat([part[3] for part in shares])
         names = list(pl_module.class_names)
-        paths = [p for batch in self._batches for p in batch[0]]
-        labels = torch.cat([b[1] for b in self._batches]).long()
-        probabilities = torch.cat([b[2] for b in self._batches])
-        predicted = torch.cat([b[3] for b in self._batches])
-        self._batches = []
         frame = pd.DataFrame({"path": paths, "label": [names[i] for i in labels], "label_index": labels.numpy()})
         binary = len(names) == 2
         frame["probability"] = (
@@ -57,5 +69,27 @@ class TestPredictions(pl.Callback):
             frame[f"prob_{name}"] = probabilities[:, index].numpy()
         frame["predicted"] = [names[i] for i in predicted]
         frame["predicted_index"] = predicted.numpy()
+        if len(shares) > 1:
+            frame = _in_split_order(frame, getattr(trainer.datamodule, "manifest", None))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(self.path, index=False)
+
+
+def _columns(batches: list) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One process's batches as (paths, labels, probabilities, predicted)."""
+    if not batches:
+        return [], torch.empty(0), torch.empty(0), torch.empty(0)
+    return ([p for batch in batches for p in batch[0]],
+            torch.cat([b[1] for b in batches]), torch.cat([b[2] for b in batches]),
+            torch.cat([b[3] for b in batches]))
+
+
+def _in_split_order(frame: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.DataFrame:
+    """The rows gathered from the processes in the order of the test split (as a
+    single-process job writes them); paths the manifest lacks go last."""
+    if manifest is None or "path" not in manifest:
+        return frame
+    test = manifest[manifest["split"] == "test"] if "split" in manifest else manifest
+    position = {path: i for i, path in enumerate(test["path"])}
+    order = frame["path"].map(position).fillna(len(position))
+    return frame.iloc[order.argsort(kind="stable")].reset_index(drop=True)

@@ -29,6 +29,12 @@ LIBRARY_WARNINGS = (
         FutureWarning,
         r"(pytorch_lightning|lightning\.pytorch)\.utilities\._pytree",
     ),
+    # DDP: the epoch metrics are torchmetrics, synchronised across processes when computed
+    (
+        r"It is recommended to use `self\.log\('(train|val|test)/.*sync_dist=True",
+        UserWarning,
+        r"(pytorch_lightning|lightning\.pytorch)\.trainer\.connectors\.logger_connector\.result",
+    ),
 )
 # the loggers through which Lightning's rank_zero_info writes, and the messages dropped there
 LIGHTNING_INFO_LOGGERS = (

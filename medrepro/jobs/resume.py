@@ -34,6 +34,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from medrepro.core.distributed import is_first_process
 from medrepro.core.errors import ConfigError
 from medrepro.core.run_folder import (
     CHECKPOINTS_FOLDER,
@@ -71,20 +72,11 @@ def prepare_run_folder(cfg: DictConfig) -> JobStart:
     config = resolved_config(cfg)
     requested = cfg.get("ckpt_path")
     sweep_dir = sweep_dir_of(output_dir)
-    if not _is_first_process():
+    if not is_first_process():
         return _start_of_another_rank(output_dir, requested)
     # jobs of one sweep that run at once move files between each other's folders
     with FileLock(str(sweep_dir / LOCK_FILE)) if sweep_dir is not None else nullcontext():
         return _prepare(output_dir, config, None if requested is None else str(requested), sweep_dir)
-
-
-# the variables by which Lightning (LOCAL_RANK, NODE_RANK), torchrun (RANK) and SLURM
-# (SLURM_PROCID) tell a process of a multi-process run that it is not the first one
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
-
-
-def _is_first_process() -> bool:
-    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
 
 
 def _start_of_another_rank(output_dir: Path, requested) -> JobStart:
