@@ -285,8 +285,10 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     return output
 
 
-def kill_in_epoch_2(process: subprocess.Popen, run_dir: Path, timeout: float = 600) -> None:
-    """SIGKILL ``process`` a third of an epoch after ``run_dir``'s first last.ckpt appeared."""
+def kill_in_epoch_2(process: subprocess.Popen, run_dir: Path, timeout: float = 600,
+                    signal_number: int = signal.SIGKILL) -> None:
+    """SIGKILL (or ``signal_number``) ``process`` a third of an epoch after ``run_dir``'s
+    first last.ckpt appeared."""
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + timeout
     while not os.path.lexists(last):
@@ -295,7 +297,7 @@ def kill_in_epoch_2(process: subprocess.Popen, run_dir: Path, timeout: float = 6
         time.sleep(0.05)
     epoch_seconds = float(pd.read_csv(run_dir / "metrics.csv")["epoch_seconds"].iloc[0])
     time.sleep(epoch_seconds / 3)
-    os.kill(process.pid, signal.SIGKILL)
+    os.kill(process.pid, signal_number)
     process.wait()
 
 
@@ -328,6 +330,26 @@ def test_a_run_killed_mid_epoch_resumes_with_ckpt_path_last_to_the_uninterrupted
     assert_same_outcome(killed_dir, whole_dir)
     assert results(killed_dir)["resumed_from"] == {"file": "checkpoints/last.ckpt", "epoch": 1}
     assert not (killed_dir / "previous").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_is_recorded_as_interrupted_and_the_run_continues_with_ckpt_path_last(images, tmp_path):
+    """SIGTERM (what a cluster or ``kill`` sends) in epoch 2: Lightning stops at the next
+    batch, results.json says ``interrupted`` with how to continue, not ``running``; the
+    command it names finishes the run from epoch 1's last.ckpt."""
+    run_dir = tmp_path / "run"
+    env = {"OMP_NUM_THREADS": "1", "MEDREPRO_CACHE_DIR": str(tmp_path / "cache")}
+    process = cli(*overrides(images), f"hydra.run.dir={run_dir}", env=env)
+    kill_in_epoch_2(process, run_dir, signal_number=signal.SIGTERM)
+    assert process.returncode == 143  # 128 + SIGTERM, as a shell reports it
+    record = results(run_dir)
+    assert record["status"] == "interrupted" and record["failed_at"] == "training"
+    assert record["error"] == (
+        "Stopped by a signal from outside (pre-emption, a time limit or SIGTERM) during "
+        f"training; run the same command with hydra.run.dir={run_dir} ckpt_path=last to continue.")
+    finish(cli(*overrides(images), f"hydra.run.dir={run_dir}", "ckpt_path=last", env=env))
+    assert results(run_dir)["status"] == "completed"
+    assert results(run_dir)["resumed_from"] == {"file": "checkpoints/last.ckpt", "epoch": 1}
 
 
 @pytest.mark.slow

@@ -13,11 +13,14 @@ no space left on the disk (or quota)   failed        the file that could not be 
 any other exception (a bug)            failed        ``Type: first line of the message`` and
                                                      where the traceback is (the job's log)
 Ctrl-C                                 interrupted   how to continue
+SIGTERM, or submitit's pre-emption     interrupted   how to continue (submitit: it requeues the
+and time-limit signal (SLURM)                        job, which resumes from its last.ckpt)
 =====================================  ============  ==========================================
 
 Each record also says at which step the job stopped (``failed_at``, see
 :mod:`medrepro.jobs.job_steps`). A single run then exits with status 1 (130 after Ctrl-C);
-in a multirun the sweep goes on with the next job (Ctrl-C stops the sweep), and
+in a multirun the sweep goes on with the next job (Ctrl-C and SIGTERM stop the sweep, with
+exit status 130 and 143), and
 :class:`~medrepro.jobs.report.sweep_outcome.SweepOutcome` sets the sweep's exit status.
 The traceback of an unexpected exception goes to the job's log only (``train.log`` in the
 run folder), which is what a bug report needs; the console shows the one line.
@@ -31,10 +34,13 @@ import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from medrepro.core.distributed import is_first_process, process_rank
 from medrepro.core.errors import TrainingDiverged, UserError, disk_full_behind, user_error_behind
 from medrepro.core.quiet import FILE_ONLY
 from medrepro.core.run_folder import CHECKPOINTS_FOLDER, is_inside, mark_failed, read_results
+from medrepro.jobs.job_resources import assign_job_resources
 from medrepro.jobs.job_steps import current_step, describe_step
 from medrepro.jobs.resume import is_multirun, resolved_config, same_configuration, sweep_dir_of
 from medrepro.jobs.training import train
@@ -42,12 +48,15 @@ from medrepro.jobs.training import train
 log = logging.getLogger(__name__)
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def run_job(cfg: DictConfig) -> float | None:
     """Run :func:`train` and record how it ended; return the optimised metric (a sweeper
-    may read it), or ``None`` for a job of a multirun that did not complete."""
+    may read it), or NaN for a job of a multirun that did not complete (a sweeper such as
+    Optuna records the trial as failed and goes on; the basic launcher ignores it)."""
     try:
+        assign_job_resources(cfg)  # a parallel sweep's job: its own GPU and share of the threads
         metrics = train(cfg)
     except KeyboardInterrupt:
         _interrupted(cfg)
@@ -56,15 +65,26 @@ def run_job(cfg: DictConfig) -> float | None:
         # handling the KeyboardInterrupt
         if isinstance(stop.__context__, KeyboardInterrupt):
             _interrupted(cfg)
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # submitit's pre-emption/time-out handler
+            _stopped_from_outside(cfg)
+        elif isinstance(stop, SIGTERMException):  # Lightning's exit after a SIGTERM (code None)
+            _stopped_from_outside(cfg)
+            raise SystemExit(EXIT_TERMINATED) from None
         raise
     except Exception as raised:  # noqa: BLE001  (any exception: results.json must say so)
         status, sentence = _outcome(raised, cfg)
         _record(cfg, status, sentence)
         if is_multirun():
-            return None
+            return float("nan")
         raise SystemExit(EXIT_FAILED) from None
     optimised = cfg.get("optimized_metric")
-    return metrics.get(optimised) if optimised else None
+    if not optimised:
+        return None
+    if optimised not in metrics:  # e.g. a per-class metric of a class the data do not have
+        log.warning("optimized_metric '%s' is not one of the job's metrics (%s); the job "
+                    "returns NaN.", optimised, ", ".join(sorted(metrics)))
+        return float("nan")
+    return metrics[optimised]
 
 
 def _outcome(raised: Exception, cfg: DictConfig) -> tuple[str, str]:
@@ -96,6 +116,24 @@ def _interrupted(cfg: DictConfig) -> None:
         again = "run the same command again"
     _record(cfg, "interrupted", f"Interrupted by Ctrl-C {describe_step(current_step())}; {again}.")
     raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _stopped_from_outside(cfg: DictConfig) -> None:
+    """Record a job stopped by a signal from outside (SIGTERM, which Lightning turns into
+    an exit at the next batch; or submitit's handler of SLURM's pre-emption and time-limit
+    signal, which has requeued the job) as ``interrupted``, with how it continues; the
+    exit itself goes on."""
+    step = describe_step(current_step())
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        how = ("submitit requeues the job (unless it has used up hydra.launcher.max_num_timeout), "
+               "and it resumes from its checkpoints/last.ckpt")
+    elif is_multirun():
+        how = (f"run the same command with hydra.sweep.dir={sweep_dir_of(_output_dir(cfg))} "
+               "to finish the sweep (completed jobs are skipped)")
+    else:
+        how = f"run the same command with hydra.run.dir={_output_dir(cfg)} ckpt_path=last to continue"
+    _record(cfg, "interrupted", f"Stopped by a signal from outside (pre-emption, a time limit or "
+                                f"SIGTERM) {step}; {how}.")
 
 
 def _sentence(error: UserError) -> str:
@@ -141,8 +179,14 @@ def _record(cfg: DictConfig, status: str, message: str) -> None:
 
     The sentence stays one line (a newline in a file name is shown as ``\\n``). A results.json
     of another configuration (a job stopped before it moved an earlier run aside, e.g.
-    ``ckpt_path=last`` with other overrides) is left as it was: it describes that run."""
+    ``ckpt_path=last`` with other overrides) is left as it was: it describes that run.
+    In a multi-process (DDP) job only the first process writes results.json; the others
+    print their sentence with their rank (and log it to their own log file)."""
     message = message.replace("\r", "\\r").replace("\n", "\\n")
+    if not is_first_process():
+        print(f"\nError (process {process_rank()}): {message}", file=sys.stderr)
+        log.error("Error: %s", message, extra={FILE_ONLY: True})
+        return
     print(f"\nError: {message}", file=sys.stderr)
     log.error("Error: %s", message, extra={FILE_ONLY: True})
     output_dir = _output_dir(cfg)

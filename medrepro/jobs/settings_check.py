@@ -7,6 +7,7 @@ Checked here: values left at ``???``; ``seed``; ``trainer.max_epochs`` and
 (``optimizer.lr``, ``weight_decay``, ``momentum``, ``eps``, ``alpha``, ``betas``);
 ``model.threshold``; ``model.name`` (a timm model), ``data.image_size`` (also against the
 smallest input the model takes) and that ``model.weights`` exists; ``test_checkpoint``;
+a job of several processes (DDP on several devices) in a multirun, outside SLURM tasks;
 and keys under their names before the data keys were grouped (``data.num_workers`` is now
 ``data.loader.num_workers``, see :data:`RENAMED_KEYS`). The data module checks its own
 groups (``data.loader``, ``data.cache``, ...) when it is built, which is also before
@@ -16,11 +17,14 @@ anything expensive.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from medrepro.core.distributed import processes_per_job
 from medrepro.core.errors import ConfigError
+from medrepro.jobs.resume import is_multirun
 from medrepro.lightning_modules.backbone import check_input_size, check_model_name, weights_file
 
 TEST_CHECKPOINTS = ("best", "last")
@@ -58,9 +62,58 @@ def check_settings(cfg: DictConfig) -> str:
     _check_no_renamed_keys(cfg)
     _check_seed(cfg.get("seed"))
     _check_training_length(cfg.trainer)
+    _check_processes_in_multirun(cfg.trainer)
     _check_optimizer(cfg.optimizer)
     _check_model(cfg.model, cfg.data)
+    _check_optimized_metric(cfg.get("optimized_metric"))
     return _test_checkpoint_setting(cfg)
+
+
+# what ``optimized_metric`` may name: a stage the job returns and a metric every run logs
+# (``<stage>/<metric>`` or a per-class ``<stage>/<metric>_<class>``)
+OPTIMIZABLE_STAGES = ("val", "test")
+OPTIMIZABLE_METRICS = ("acc", "auroc", "f1", "precision", "recall", "specificity", "mse", "loss")
+
+
+def _check_optimized_metric(name) -> None:
+    if name is None:
+        return
+    stage, _, metric = str(name).partition("/")
+    if stage in OPTIMIZABLE_STAGES and metric.split("_")[0] in OPTIMIZABLE_METRICS:
+        return
+    raise ConfigError(
+        f"optimized_metric must name a validation (or test) metric such as val/auroc or "
+        f"val/loss, not {name!r}; the metrics are {', '.join(OPTIMIZABLE_METRICS)}."
+    )
+
+
+def _check_processes_in_multirun(trainer: DictConfig) -> None:
+    """A multi-process (DDP) job in a multirun: Lightning starts a job's other processes by
+    re-running the command line (``-m`` included), which would start the whole sweep again in
+    each of them. Allowed where the processes are started from outside, as the tasks of a
+    SLURM job (``hydra/launcher=slurm``, submitit; Lightning's SLURMEnvironment then creates
+    none)."""
+    processes = processes_per_job(trainer)
+    if processes <= 1 or not is_multirun() or _slurm_tasks() > 1:
+        return
+    nodes = int(trainer.get("num_nodes") or 1)
+    per_node = max(1, processes // nodes)
+    on_nodes = f" on trainer.num_nodes={nodes} nodes" if nodes > 1 else ""
+    slurm_nodes = f" hydra.launcher.nodes={nodes}" if nodes > 1 else ""
+    raise ConfigError(
+        f"trainer.devices={_text(trainer.get('devices'))}{on_nodes} runs {processes} processes "
+        "per job, which a multirun (-m) cannot start (Lightning starts them by re-running the "
+        "command, which would start the sweep again): run such jobs as SLURM tasks, one per "
+        f"GPU, with hydra/launcher=slurm hydra.launcher.gpus_per_node={per_node}{slurm_nodes} "
+        "(submitit_slurm), or single-device jobs side by side with hydra/launcher=joblib "
+        "trainer.devices=1."
+    )
+
+
+def _slurm_tasks() -> int:
+    """The number of tasks of the SLURM job this process belongs to (1 outside SLURM)."""
+    value = os.environ.get("SLURM_NTASKS", "")
+    return int(value) if value.isdigit() else 1
 
 
 def renamed_key_sentence(key: str, value: str) -> str | None:

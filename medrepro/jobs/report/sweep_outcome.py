@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections import Counter
@@ -15,6 +16,10 @@ from medrepro.core.run_folder import read_results
 
 EXIT_NOT_ALL_COMPLETED = 1
 ORDER = ("completed", "failed", "diverged")  # always shown; any other status after them
+# in the sweep folder: one file per job, named by its number, holding its status. A parallel
+# launcher (joblib, submitit) calls on_job_end in the job's own process, not in the one that
+# ends the multirun: the notes carry the statuses there
+OUTCOMES_FOLDER = ".job_outcomes"
 
 
 class SweepOutcome(Callback):
@@ -40,17 +45,23 @@ class SweepOutcome(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.statuses = []
         self._started = time.time()
+        notes = _outcomes_folder(config)
+        if notes is not None:
+            shutil.rmtree(notes, ignore_errors=True)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         if job_return.status == JobStatus.FAILED:
-            self.statuses.append("failed")
-            return
-        output_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
-        results = read_results(output_dir) if output_dir else None
-        status = (results or {}).get("status") or "without results.json"
-        self.statuses.append("unfinished" if status == "running" else status)
+            status = "failed"
+        else:
+            output_dir = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
+            results = read_results(output_dir) if output_dir else None
+            status = (results or {}).get("status") or "without results.json"
+            status = "unfinished" if status == "running" else status
+        self.statuses.append(status)
+        _note_status(config, status)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self.statuses = _noted_statuses(_outcomes_folder(config)) or self.statuses
         line = outcome_line(self.statuses)
         report = Path(config.hydra.sweep.dir) / "summary.md"
         if report.is_file() and report.stat().st_mtime >= self._started:
@@ -59,6 +70,25 @@ class SweepOutcome(Callback):
         print(line, file=sys.stdout if everything_completed else sys.stderr)
         if not everything_completed:
             raise SystemExit(EXIT_NOT_ALL_COMPLETED)
+
+
+def _outcomes_folder(config: DictConfig) -> Path | None:
+    sweep_dir = OmegaConf.select(config, "hydra.sweep.dir", default=None)
+    return Path(sweep_dir) / OUTCOMES_FOLDER if sweep_dir else None
+
+
+def _note_status(config: DictConfig, status: str) -> None:
+    folder, job = _outcomes_folder(config), OmegaConf.select(config, "hydra.job.num", default=None)
+    if folder is not None and job is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(job)).write_text(status)
+
+
+def _noted_statuses(folder: Path | None) -> list[str]:
+    """The statuses the jobs of this multirun noted, in job order."""
+    if folder is None or not folder.is_dir():
+        return []
+    return [note.read_text().strip() for note in sorted(folder.iterdir(), key=lambda p: int(p.name))]
 
 
 def outcome_line(statuses: list[str]) -> str:
