@@ -7,6 +7,7 @@ stop the test before any figure is drawn or results.json says ``completed``."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import hydra
@@ -136,7 +137,7 @@ def test_a_job_diverging_at_its_very_end_is_recorded_as_diverged(tmp_path, demo_
                                 f"callbacks.divergence_guard.max_loss={max_loss}",
                                 f"paths.cache_dir={tmp_path / 'cache'}"], run_dir, demo_dir)
     assert cfg.trainer.max_epochs == 1 and cfg.trainer.limit_train_batches == 2
-    assert run_job(cfg) is None  # the sweep would go on
+    assert math.isnan(run_job(cfg))  # the sweep would go on (a sweeper: a failed trial)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "diverged" and error in results["error"], results.get("error")
     assert results["failed_at"] == "training"

@@ -7,6 +7,7 @@ seeds, data flow and report; the real networks are covered by tests/test_models.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -144,7 +145,8 @@ def test_divergence_stops_the_job_early_and_is_recorded(tmp_path, demo_dir):
     cfg = multirun_mode_config(["data=demo_cardiomegaly", *TINY_RUN, "model.name=test_resnet",
                                 "optimizer=sgd", "optimizer.lr=1e30", "trainer.max_epochs=5",
                                 f"paths.cache_dir={tmp_path / 'cache'}"], run_dir, demo_dir)
-    assert run_job(cfg) is None  # the sweep would go on
+    returned = run_job(cfg)  # no exception: the sweep would go on
+    assert returned is not None and math.isnan(returned)  # a sweeper records a failed trial
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "diverged"
     stopped = re.search(r"by epoch (\d+), batch (\d+)", results["error"])
@@ -156,7 +158,7 @@ def test_an_unexpected_exception_in_a_multirun_job_is_recorded_as_failed(tmp_pat
     run_dir = tmp_path / "run"
     cfg = multirun_mode_config(["data=demo_cardiomegaly", *TINY_RUN, "+model.no_such_argument=1"],
                                run_dir, demo_dir)
-    assert run_job(cfg) is None
+    assert math.isnan(run_job(cfg))  # the sweep goes on (a sweeper: a failed trial)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "failed" and "no_such_argument" in results["error"]
 
@@ -279,3 +281,20 @@ def test_report_says_whether_arms_differ_with_the_papers_own_runs(tmp_path):
     paper_p = stats.ttest_ind(paper["lr 0.001"], paper["lr 0.0001"], equal_var=False).pvalue
     assert f"lr 0.001 vs lr 0.0001: +3.02 points val/acc (Welch p = {paper_p:.3f}): not distinguishable" in text
     assert "images of a patient are kept together" in text
+
+
+def test_the_readmes_smoke_command_runs_without_a_sweep_folder_given(tmp_path, demo_dir):
+    """``python train.py -m experiment=NAME debug=smoke`` as the README writes it (no
+    ``hydra.sweep.dir``): the sweep's folder is outputs/smoke_<experiment>/multiruns/<time>
+    below the folder the command runs in (here one seed of the sweep, to stay quick)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", "experiment=brain_mri_inception",
+         "debug=smoke", "seed=0", *FAST, f"paths.demo_dir={demo_dir}",
+         f"paths.cache_dir={demo_dir / 'cache'}"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "smoke_brain_mri_inception" / "multiruns").iterdir()
+    assert json.loads((sweep / "0" / "results.json").read_text())["status"] == "completed"
+    assert (sweep / "summary.md").is_file() and not (sweep / "1").exists()

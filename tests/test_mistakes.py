@@ -168,6 +168,12 @@ CATALOGUE = [
          "data_loading"),
     Case("test_checkpoint foo", two_classes, ("test_checkpoint=foo",), 1,
          ("test_checkpoint must be best or last, not 'foo'",), SETTINGS),
+    # a search must never tune on the test set by accident: only named stages and metrics
+    Case("optimized_metric unknown", two_classes, ("optimized_metric=val/accuracy",), 1,
+         ("optimized_metric must name a validation (or test) metric such as val/auroc",
+          "not 'val/accuracy'"), SETTINGS),
+    Case("optimized_metric of training", two_classes, ("optimized_metric=train/loss",), 1,
+         ("optimized_metric must name a validation (or test) metric", "not 'train/loss'"), SETTINGS),
     Case("unknown model", two_classes, ("model.name=inceptionv3",), 1,
          ("Unknown model name 'inceptionv3'", "Did you mean inception_v3"), SETTINGS),
     # old data key names: on the command line they stop before Hydra (see the subprocess
@@ -326,4 +332,19 @@ def test_a_key_that_never_existed_is_hydras_short_message_without_a_traceback(tm
     done = train_process(tmp_path, "data=folder", f"data.root={tmp_path}", "trainer.max_epoch=3")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "Key 'max_epoch' is not in struct" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_choice_that_needs_the_scale_extra_says_how_to_install_it(tmp_path):
+    """``logger=mlflow`` where MLflow is not installed (hidden from this one process, as if
+    ``pip install -e .`` had been run without the extra): one sentence with the install
+    command, before Hydra composes anything, no run folder."""
+    program = ("import sys; sys.modules['mlflow'] = None; "
+               "sys.argv = ['train.py', 'logger=mlflow', 'hydra.run.dir=run']; "
+               "from medrepro.cli.train import main; main()")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("Error: logger=mlflow needs mlflow, which is not installed: run "
+                                   "pip install -e '.[scale]' (the optional 'scale' extra) and try again.")
     assert not (tmp_path / "run").exists()

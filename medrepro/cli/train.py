@@ -6,6 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from medrepro.cli.optional_features import refuse_missing_features
 from medrepro.cli.renamed_keys import refuse_renamed_keys
 from medrepro.core.config_tree import CONFIG_DIR
 from medrepro.core.quiet import quiet_library_output
@@ -20,4 +21,5 @@ def _train(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     refuse_renamed_keys(sys.argv[1:])  # one sentence instead of Hydra's "not in struct"
+    refuse_missing_features(sys.argv[1:])  # launchers, search and loggers need the scale extra
     _train()
