@@ -18,15 +18,17 @@ from conftest import CONFIG_DIR, TINY_DEMO, compose_config, write_gray
 from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.strategies import DDPStrategy
 from test_real_sources import kaggle_tree
 
 from medrepro.core.errors import ConfigError
+from medrepro.jobs.loggers import MLflowRunLogger, with_loggers
 from medrepro.jobs.training import build_callbacks, build_model, build_trainer
 from medrepro.lightning_modules.losses import BinaryCrossEntropy, CrossEntropy, OneHotCrossEntropy
 
-SKIPPED_GROUPS = {"hydra", "paths", "experiment", "debug"}  # experiment, debug: tests/test_experiments.py
+# experiment, debug: tests/test_experiments.py; hparams_search: tests/test_hparams_search.py
+SKIPPED_GROUPS = {"hydra", "paths", "experiment", "debug", "hparams_search"}
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -93,6 +95,9 @@ SCHEDULERS = {"none": None, "cosine": torch.optim.lr_scheduler.CosineAnnealingLR
               "step": torch.optim.lr_scheduler.StepLR,
               "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau}
 TIMM_NAMES = {"inception_v3": "inception_v3", "xception": "legacy_xception", "vgg16": "vgg16"}
+# the Lightning loggers of each logger config, in order
+LOGGERS = {"none": [], "csv": [CSVLogger], "tensorboard": [TensorBoardLogger],
+           "mlflow": [MLflowRunLogger], "many": [CSVLogger, TensorBoardLogger, MLflowRunLogger]}
 # the callbacks, as conf/callbacks/default.yaml lists them (any order works)
 RUN_FOLDER_CALLBACKS = ["BestAndLastCheckpoint", "EpochHistory", "SplitManifest", "TestPredictions",
                         "ResultsJSON", "RunPlots", "DivergenceGuard", "EpochSeeding"]
@@ -139,6 +144,8 @@ def test_combination_composes_and_builds(choice, tmp_path, data_roots, demo_dir)
     data = choice["data"]
     overrides = [f"{group}={option}" for group, option in choice.items()]
     overrides += ["data.cache.enabled=false", "data.loader.num_workers=0"]
+    if choice["logger"] in ("mlflow", "many"):  # not the default store in the working folder
+        overrides.append(f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}")
     if data.startswith("demo_"):
         overrides += TINY_DEMO
     else:  # the real data sets need data.root; the papers' splits need all their images
@@ -208,11 +215,11 @@ def test_combination_composes_and_builds(choice, tmp_path, data_roots, demo_dir)
     assert isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor == "val/loss"
     assert checkpoint.dirpath == str(run_dir / "checkpoints")
     assert all(c.monitor == "val/loss" for c in callbacks if isinstance(c, EarlyStopping))
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    if choice["logger"] == "csv":
-        assert isinstance(logger, CSVLogger) and Path(logger.save_dir) == run_dir
-    else:
-        assert logger is False
+    logger, callbacks = with_loggers(cfg, callbacks)
+    assert [type(one) for one in logger or []] == LOGGERS[choice["logger"]]
+    assert all(Path(one.save_dir) == run_dir for one in logger or []
+               if not isinstance(one, MLflowRunLogger))
+    assert ("LearningRateMonitor" in [type(c).__name__ for c in callbacks]) == bool(logger)
 
     # the Trainer; without CUDA, a GPU trainer is built for the CPU instead
     wants_gpu = cfg.trainer.accelerator == "gpu"
@@ -226,11 +233,13 @@ def test_combination_composes_and_builds(choice, tmp_path, data_roots, demo_dir)
     trainer = build_trainer(cfg, callbacks, logger, run_dir)
     assert trainer.max_epochs == cfg.trainer.max_epochs
     assert all(c in trainer.callbacks for c in callbacks)
-    assert trainer.logger is (logger or None)
+    assert trainer.loggers == (logger or [])
     assert isinstance(trainer.strategy, DDPStrategy) == (choice["trainer"] == "ddp")
     if choice["trainer"] == "ddp":
         assert trainer.world_size == cfg.trainer.devices or cfg.trainer.devices == -1
-        assert type(trainer.strategy._layer_sync).__name__ == "TorchSyncBatchNorm"  # sync_batchnorm
+        # SyncBatchNorm runs on GPUs only: dropped (with a warning) when the trainer lands on the CPU
+        expected = "TorchSyncBatchNorm" if torch.cuda.is_available() else "NoneType"
+        assert type(trainer.strategy._layer_sync).__name__ == expected
     if not torch.cuda.is_available():
         assert isinstance(trainer.accelerator, CPUAccelerator) and trainer.precision == "32-true"
     elif wants_gpu or cfg.trainer.accelerator == "auto":

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from medrepro.callbacks.checkpointing import AtomicCheckpointIO
 from medrepro.callbacks.progress_bar import EpochProgressBar
+from medrepro.core.distributed import is_first_process, uses_gpus
 from medrepro.core.errors import ConfigError
 from medrepro.core.precision import resolve_precision
 from medrepro.datamodules.audit.preflight import check_before_training
 from medrepro.jobs.job_steps import FIRST_STEP, enter_step
+from medrepro.jobs.loggers import with_loggers
 from medrepro.jobs.resume import check_checkpoint_fits, prepare_run_folder
 from medrepro.jobs.settings_check import check_settings
 
@@ -26,7 +30,8 @@ TRAINER_KEYS_NOT_FOR_LIGHTNING = ("batch_size", "compile")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one job; return its test metrics (``test/acc``, ``test/auroc``, ...).
+    """Run one job; return its validation and test metrics (``val/auroc``, ``test/acc``,
+    ... : the tested checkpoint's).
 
     The run folder is prepared first (:func:`~medrepro.jobs.resume.prepare_run_folder`): a
     job whose configuration already completed is not run again, ``ckpt_path`` (or an
@@ -38,7 +43,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     start = prepare_run_folder(cfg)
     if start.completed is not None:
-        return {f"test/{key}": value for key, value in start.completed["test"].items()}
+        return {f"{stage}/{key}": value for stage in ("val", "test")
+                for key, value in (start.completed.get(stage) or {}).items()}
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     enter_step("data_loading")
@@ -54,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if start.checkpoint is not None:
         check_checkpoint_fits(model, start.checkpoint)
     callbacks = build_callbacks(cfg)
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    logger, callbacks = with_loggers(cfg, callbacks)  # and, with a logger, the LR monitor
     trainer = build_trainer(cfg, callbacks, logger, output_dir)
 
     enter_step("data_loading")
@@ -69,12 +75,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # divergence: the callbacks' DivergenceGuard has already stopped the fit
     checkpoint = checkpoint_to_test(trainer, which_checkpoint)  # None: the weights in memory
     enter_step("validation")
-    trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False,
-                     weights_only=True)
+    validated = trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint,
+                                 verbose=False, weights_only=True)[0]
     enter_step("testing")
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)[0]
-    log.info("Run folder: %s", output_dir.resolve())
-    return results
+    tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)[0]
+    if is_first_process():  # once, not once per process of a DDP job
+        log.info("Run folder: %s", output_dir.resolve())
+    return {**validated, **tested}
 
 
 def build_model(cfg: DictConfig, class_names: list[str], channels: int) -> pl.LightningModule:
@@ -121,8 +128,19 @@ def build_trainer(cfg: DictConfig, callbacks, logger, output_dir: Path) -> pl.Tr
     bar_given = any(isinstance(c, ProgressBar) for c in callbacks)
     if settings.get("enable_progress_bar", True) and not bar_given:
         callbacks = [*callbacks, EpochProgressBar()]  # "Epoch 1/10", as metrics.csv counts
+    if settings.get("sync_batchnorm") and not uses_gpus(settings.get("accelerator", "auto")):
+        if is_first_process():  # once, not once per process
+            log.warning("trainer.sync_batchnorm=true is ignored on the CPU (SyncBatchNorm runs on "
+                        "GPUs only): each process normalises with its own batch statistics.")
+        settings["sync_batchnorm"] = False
     # checkpoints written through a temporary file and a rename: a full disk never truncates one
     plugins = [*(settings.pop("plugins", None) or []), AtomicCheckpointIO()]
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        # a job submitted by submitit (hydra/launcher=submitit_slurm): submitit requeues it
+        # on preemption or timeout with its own signal handler, so Lightning must not requeue
+        # it too (its SLURMEnvironment would by default); the tasks of the job are the DDP
+        # processes, which Lightning then does not start itself
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     try:
         return pl.Trainer(
             **settings, callbacks=callbacks, logger=logger, plugins=plugins,
