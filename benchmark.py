@@ -1,8 +1,9 @@
 """Benchmark medrepro's data path, training loop, inference and memory against plain
-alternatives: `python benchmark.py [--quick] [--out FILE]`; the duplicate grouping of many
-images: `python benchmark.py --grouping [--images N]`; the calibration of the copy
-threshold on the real sample images: `python benchmark.py --similarity` (see README.md,
-"Performance")."""
+alternatives, and the cache build with 1 and N worker processes: `python benchmark.py
+[--quick] [--out FILE]`; only the cache build: `python benchmark.py --cache-build`; the
+duplicate grouping of many images: `python benchmark.py --grouping [--images N]`; the
+calibration of the copy threshold on the real sample images: `python benchmark.py
+--similarity` (see README.md, "Performance")."""
 
 import argparse
 import json
@@ -35,7 +36,12 @@ def main() -> int:
                         help="distinct images of --grouping (default 20,000)")
     parser.add_argument("--similarity", action="store_true",
                         help="only the copy threshold's calibration on ../shared/data")
+    parser.add_argument("--cache-build", action="store_true",
+                        help="only the cache build's images per second with 1 worker process "
+                             "and with one per core")
     options = parser.parse_args()
+    if options.cache_build:
+        return cache_build(options)
     if options.grouping or options.similarity:
         try:
             return duplicates(options)
@@ -82,6 +88,28 @@ def duplicates(options: argparse.Namespace) -> int:
     print("\n\n".join(tables))
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nResults written to {out} ({', '.join(figures)})")
+    return 0
+
+
+def cache_build(options: argparse.Namespace) -> int:
+    """--cache-build: print the cache build's figures and add them (with the machine's) to
+    the JSON file ``--out``, keeping what else it holds."""
+    from benchmarks.harness.report import format_cache_build
+    from benchmarks.harness.runner import measure_cache_building
+
+    host = machine()  # the load average before the measurements
+    load = host["load_average"][0] if host["load_average"] else None
+    settings = Settings.quick() if options.quick else Settings()
+    with tempfile.TemporaryDirectory(prefix="medrepro-cache-build-") as scratch:
+        build = measure_cache_building(settings, Path(scratch),
+                                       log=lambda m: print(m, file=sys.stderr))
+    print(f"Machine: {host['cpu']}, {host['cores']} cores; load average at start "
+          + ("n/a" if load is None else f"{load:.1f}") + "\n\n" + format_cache_build(build))
+    out = Path(options.out)
+    results = _existing(out)
+    results["cache_build"] = {"machine": host, **build}
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nResults written to {out} (cache_build)")
     return 0
 
 

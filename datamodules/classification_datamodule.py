@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch.distributed as dist
+from filelock import FileLock
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from medrepro.core.distributed import is_distributed
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.core.records import SPLITS
 from medrepro.datamodules.audit.data_audit import inspect_manifest
@@ -17,7 +23,7 @@ from medrepro.datamodules.audit.duplicate_relation import (
     conflicting_groups,
     find_duplicates,
 )
-from medrepro.datamodules.audit.file_facts_store import FileFactsStore
+from medrepro.datamodules.audit.file_facts_store import FILENAME, FileFactsStore
 from medrepro.datamodules.audit.preflight import SKIP_SETTING, as_problems, unreadable_sentence
 from medrepro.datamodules.cache.image_cache import ImageCache, ensure_writable_folder
 from medrepro.datamodules.data_settings import (
@@ -63,11 +69,12 @@ class ClassificationDataModule(pl.LightningDataModule):
         checks: ``allow_leakage``, ``skip_unreadable``: let training go on despite
             leakage or unreadable files; ``max_image_pixels``: the largest image read
             (:class:`CheckSettings`).
-        cache: ``enabled``, ``dir``: the decoded-image cache, built by the checks before
-            training or when the first data loader is asked for (:class:`CacheSettings`);
-            :meth:`prepare_data` checks that ``dir`` can be written.
+        cache: ``enabled``, ``dir``, ``workers``: the decoded-image cache, built by the
+            checks before training or when the first data loader is asked for
+            (:class:`CacheSettings`); :meth:`prepare_data` checks that ``dir`` can be written.
         loader: ``batch_size``, ``num_workers``, ``pin_memory``, ``persistent_workers``
-            (:class:`LoaderSettings`).
+            (:class:`LoaderSettings`). ``batch_size`` is per process: a job on N devices
+            (DDP) trains on N batches of that size per step.
         augment: random albumentations pipeline for training images only (the ``augment``
             config group, passed by the jobs).
     """
@@ -178,6 +185,12 @@ class ClassificationDataModule(pl.LightningDataModule):
         return FileFactsStore(self.cache.dir) if self.cache.dir else None
 
     def _find_duplicates(self, records) -> None:
+        # one process at a time (the processes of a DDP job, the jobs of a sweep): the next
+        # one reads what the first stored instead of inspecting every file again
+        with _store_lock(self.cache.dir):
+            self._find_duplicates_unlocked(records)
+
+    def _find_duplicates_unlocked(self, records) -> None:
         frame = pd.DataFrame(
             [(r.path, r.label, r.patient_id, None) for r in records], columns=MANIFEST_COLUMNS
         )
@@ -262,7 +275,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         if self.image_cache is None:
             self.image_cache = ImageCache.open_or_build(
                 self.manifest["path"].tolist(), self.channels, self.pipeline, self.cache.dir,
-                num_workers=self.loader.num_workers, progress=progress,
+                num_workers=self.cache.workers, progress=progress,
                 max_pixels=self.checks.pixel_limit,
             )
             for dataset in self.datasets.values():
@@ -288,10 +301,16 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if self.cache.enabled:
             self.build_cache()
+        dataset = self.datasets[split]
+        # evaluation in a multi-process (DDP) job: each image once, in one process (Lightning
+        # would pad the last processes' shares with repeated images, counted twice); the
+        # training data get Lightning's own DistributedSampler
+        sampler = None if shuffle else _unrepeated_sampler(dataset, split)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.loader.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.loader.num_workers,
             pin_memory=self.loader.pin_memory,
             persistent_workers=self.loader.persistent_workers,
@@ -346,3 +365,37 @@ class ClassificationDataModule(pl.LightningDataModule):
             **self.data_checks,
         }
 
+
+def _unrepeated_sampler(dataset, split: str) -> UnrepeatedDistributedSampler | None:
+    """Each of ``dataset``'s items in exactly one process of a DDP job, in order within each
+    process (``None`` in a single-process job). A DistributedSampler, so Lightning keeps it
+    (``use_distributed_sampler`` replaces only samplers that are not)."""
+    if not is_distributed():
+        return None
+    processes = dist.get_world_size()
+    if len(dataset) < processes:  # a process without a batch would wait for the others forever
+        raise DataError(
+            f"The {split} split has {len(dataset)} image(s), fewer than the {processes} "
+            "processes of this job; use fewer devices (trainer.devices) or a larger split."
+        )
+    return UnrepeatedDistributedSampler(dataset, num_replicas=processes, rank=dist.get_rank(),
+                                        shuffle=False)
+
+
+@contextmanager
+def _store_lock(folder):
+    """An exclusive lock on the file-facts store in ``folder`` (none without a folder, or
+    where the lock file cannot be created: the store is written atomically anyway)."""
+    if not folder:
+        yield
+        return
+    lock = FileLock(str(Path(folder).expanduser() / f"{FILENAME}.lock"))
+    try:
+        lock.acquire()
+    except OSError:  # a read-only folder
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()

@@ -160,15 +160,23 @@ class CacheSettings:
     """``data.cache``: pre-process every image once into a memory-mapped uint8 array in
     ``dir`` (:mod:`medrepro.datamodules.cache.image_cache`); ``enabled=False`` reads and
     pre-processes the files each time. ``dir`` also keeps the checks' file facts (when it
-    can be written; with ``enabled=True`` it must be)."""
+    can be written; with ``enabled=True`` it must be). ``workers``: the worker processes
+    that build it (``auto``: one per core, see
+    :func:`~medrepro.datamodules.cache.image_cache.build_workers`)."""
 
     enabled: bool = False
     dir: str | None = None
+    workers: int | str = "auto"
 
     def __post_init__(self) -> None:
         if self.enabled and not self.dir:
             raise ConfigError(
                 "data.cache.enabled=true needs data.cache.dir (a folder for the cache)."
+            )
+        if self.workers != "auto" and not _is_count(self.workers):
+            raise ConfigError(
+                "data.cache.workers must be auto or a number of worker processes "
+                f"(0 or more), not {self.workers}."
             )
 
 

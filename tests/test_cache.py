@@ -1,5 +1,5 @@
 """The decoded-image cache: built once, reused, invalidated, atomic; and the lean training
-step (channels_last, trainer keys not for Lightning). About 25 s on a 2-core CPU."""
+step (channels_last, trainer keys not for Lightning). About 30 s on a 2-core CPU."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from conftest import REPO, TINY_TRAINING, compose_config, write_gray
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.datamodules import image_dataset
 from medrepro.datamodules.cache.image_cache import ImageCache, quantise
+from medrepro.datamodules.data_settings import CacheSettings
 from medrepro.datamodules.image_dataset import preprocess_image
 from medrepro.datamodules.transforms.image_reader import read_image
 from medrepro.jobs.training import build_model, build_trainer
@@ -43,6 +44,7 @@ def count_reads(monkeypatch):
 def datamodule(tmp_path, root, *overrides, augment=None):
     cfg = compose_config(
         ["data=folder", f"data.root={root}", "data.image_size=16", "data.loader.num_workers=0",
+         "data.cache.workers=0",  # built in this process, where count_reads sees the reads
          f"data.cache.dir={tmp_path / 'cache'}", *overrides], tmp_path / "run")
     module = hydra.utils.instantiate(cfg.data, augment=augment, _convert_="all")
     module.prepare_data()
@@ -237,3 +239,123 @@ def test_trainer_keys_not_for_lightning_and_cudnn_benchmark(tmp_path):
         assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+class RecordingResize:
+    """A pre-processing step (resize to 20 px) that notes which process ran it and with
+    how many OpenCV threads, as an empty file ``<pid>-<threads>`` in ``folder``."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __call__(self, image):
+        import cv2
+
+        (self.folder / f"{os.getpid()}-{cv2.getNumThreads()}").touch()
+        return {"image": cv2.resize(image, (20, 20), interpolation=cv2.INTER_AREA)}
+
+    def __repr__(self) -> str:
+        return "RecordingResize(20)"
+
+
+def test_worker_processes_build_the_cache_after_opencv_used_its_threads_here(tmp_path):
+    """A process that has already run OpenCV on several threads (any earlier image work:
+    the audit, another cache) forks the build's workers: they must not touch OpenCV's
+    thread pool, whose lock the fork copied held (``cv2.setNumThreads`` in a worker hung
+    for ever). Run in a process of its own, with a time limit, so a hang fails the test."""
+    for i in range(12):
+        write_gray(tmp_path / "images" / f"{i:02d}.png", 10 * i, size=40)
+    program = (
+        "import sys, glob, numpy as np, cv2, albumentations as A\n"
+        "from medrepro.datamodules.cache.image_cache import ImageCache\n"
+        "cv2.setNumThreads(2)\n"
+        "big = np.random.rand(2000, 2000).astype(np.float32)\n"
+        "for _ in range(3): cv2.GaussianBlur(big, (31, 31), 5)  # OpenCV's pool, in use\n"
+        "paths = sorted(glob.glob(sys.argv[1] + '/*.png'))\n"
+        "cache = ImageCache.open_or_build(paths, 1, A.Compose([A.Resize(20, 20)]), sys.argv[2],\n"
+        "                                 num_workers=2, progress=False)\n"
+        "print(len(cache), cv2.getNumThreads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program, str(tmp_path / "images"),
+                           str(tmp_path / "cache")], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["12", "2"]  # every image, and this process's threads restored
+
+
+def test_worker_processes_build_the_same_cache_as_one_process(tmp_path):
+    """Two worker processes, one OpenCV thread each, pre-process the images in chunks and
+    the building process writes them in row order: the array and the index (an undecodable
+    file in the middle included) equal the images pre-processed one by one here."""
+    paths = [str(write_gray(tmp_path / "images" / f"{i:02d}.png", 6 * i, size=30 + i))
+             for i in range(37)]
+    broken = tmp_path / "images" / "17b.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    paths = sorted([*paths, str(broken)])
+    builds = {}
+    for workers in (0, 2):
+        notes = tmp_path / f"notes{workers}"
+        notes.mkdir()
+        builds[workers] = ImageCache.open_or_build(paths, 1, RecordingResize(notes),
+                                                   tmp_path / f"cache{workers}",
+                                                   num_workers=workers, progress=False)
+        processes = {name.split("-")[0] for name in os.listdir(notes)}
+        threads = {name.split("-")[1] for name in os.listdir(notes)}
+        if workers:
+            assert len(processes) == 2 and str(os.getpid()) not in processes and threads == {"1"}
+        else:
+            assert processes == {str(os.getpid())}
+    resize = A.Compose([A.Resize(20, 20, interpolation=3)])
+    oracle = np.stack([np.zeros((20, 20, 1), np.uint8) if p == str(broken) else
+                       quantise(preprocess_image(p, 1, resize)) for p in paths])
+    for cache in builds.values():
+        np.testing.assert_array_equal(np.asarray(cache.array), oracle)
+        assert list(cache.unreadable) == [str(broken)] and list(cache.rows) == paths
+    assert builds[0].unreadable == builds[2].unreadable
+
+
+def test_auto_builds_with_one_worker_per_core_and_none_on_one_core():
+    from medrepro.datamodules.cache.image_cache import build_workers
+
+    cores = os.sched_getaffinity(0)
+    assert build_workers("auto") == (len(cores) if len(cores) > 1 else 0)
+    assert build_workers(3) == 3 and build_workers(0) == 0
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert build_workers("auto") == 0
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+def test_the_benchmark_reports_the_cache_build_with_1_and_n_workers(tmp_path):
+    """benchmark.py's cache-build task on a few generated PNGs: every image is cached, and
+    the report's speed-up is the ratio of the two measured rates."""
+    from benchmarks.harness.cache_build import make_xray_like_pngs, measure_cache_build, summarise
+    from benchmarks.harness.report import format_cache_build
+
+    folder = make_xray_like_pngs(tmp_path / "pngs", 12, side=64)
+    assert len(list(folder.rglob("*.png"))) == 12
+    rounds = [measure_cache_build(str(folder), workers, str(tmp_path / "cache"), size=32)
+              for workers in (1, 2, 1)]
+    assert [r["images"] for r in rounds] == [12, 12, 12] and not (tmp_path / "cache").exists()
+    build = summarise(rounds, 2, "12 test PNGs")
+    fastest_one = max(rounds[0]["images_per_s"], rounds[2]["images_per_s"])
+    assert build["one_worker"]["images_per_s"] == fastest_one
+    assert build["speedup"] == pytest.approx(rounds[1]["images_per_s"] / fastest_one)
+    sentence = format_cache_build(build)
+    assert sentence.startswith("Building the cache with worker processes (12 test PNGs): ")
+    assert f"{build['speedup']:.2f}x on 2 cores" in sentence
+
+
+def test_data_cache_workers_sets_the_builders_whatever_the_loader_uses(tmp_path, class_folders,
+                                                                      caplog):
+    """``data.cache.workers=2`` builds with two worker processes while the data loaders
+    use none (``data.loader.num_workers=0``); a value that is not a count is one sentence."""
+    module = datamodule(tmp_path, class_folders, "data.cache.workers=2")
+    assert module.loader.num_workers == 0
+    with caplog.at_level("INFO", logger="medrepro.datamodules.cache.image_cache"):
+        module.build_cache()
+    assert "(20 images, once, 2 worker processes)" in caplog.text
+    with pytest.raises(ConfigError, match="^data.cache.workers must be auto or a number of "
+                                          r"worker processes \(0 or more\), not all.$"):
+        CacheSettings(enabled=True, dir=str(tmp_path), workers="all")

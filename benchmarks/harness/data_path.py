@@ -49,7 +49,8 @@ def medrepro_datamodule(root: str, size: int, cache_dir: str | None, augment: st
 
     cfg = compose_benchmark_config([
         "data=folder", f"data.root={root}", f"data.image_size={size}", f"data.channels={channels}",
-        f"data.loader.num_workers={num_workers}", f"data.cache.enabled={cache_dir is not None}",
+        f"data.loader.num_workers={num_workers}", f"data.cache.workers={num_workers}",
+        f"data.cache.enabled={cache_dir is not None}",
         f"data.cache.dir={cache_dir or 'unused'}", f"trainer.batch_size={batch_size}",
         f"augment={augment}",
     ])

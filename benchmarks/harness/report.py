@@ -37,6 +37,9 @@ def add_derived_figures(results: dict) -> dict:
     loop_ratio = loops["lightning"]["train_ratio_to_hand_written"]
     memory = held["peak_rss_mb"] if held["cached_images"] >= 5000 else None
     figures = [cached_ratio, loop_ratio, memory]
+    if results.get("cache_build"):
+        build = results["cache_build"]
+        build["efficiency"] = build["speedup"] / build["cores"]  # 1.0: linear in the cores
     results["targets"] = {
         name: {"target": limit, "unit": unit, "measured": value,
                "met": None if value is None else (value < limit if unit == "MB" else value >= limit)}
@@ -66,7 +69,10 @@ def format_report(results: dict) -> str:
                      + f" | {row['peak_rss_mb']:,.0f} MB |")
     builds = [f"{row['sizes'][s]['cache_build_images_per_s']:,.0f} images/s at {s} px"
               for row in results["data_path"] if row["pipeline"] == "medrepro_cached" for s in sizes]
-    lines += ["", f"Building the cache (decoding each image once): {', '.join(builds)}.", ""]
+    lines += ["", f"Building the cache (decoding each image once): {', '.join(builds)}."]
+    if results.get("cache_build"):
+        lines += ["", format_cache_build(results["cache_build"])]
+    lines += [""]
 
     lines += [
         (f"Training and inference, images per second: {settings['model']}, "
@@ -112,6 +118,17 @@ def format_report(results: dict) -> str:
         lines.append(f"| {name} ({bound}) | {shown} | {met} |")
     lines += ["", f"Benchmark wall time {results['seconds']:.0f} s."]
     return "\n".join(lines)
+
+
+def format_cache_build(build: dict) -> str:
+    """One sentence: cache-build images per second with 1 and with N worker processes."""
+    one, many = build["one_worker"], build["n_workers"]
+    return (f"Building the cache with worker processes ({build['description']}): "
+            f"{one['images_per_s']:,.0f} images/s with 1 worker, {many['images_per_s']:,.0f} "
+            f"images/s with {many['workers']} (one per core): {build['speedup']:.2f}x on "
+            f"{build['cores']} cores ({100 * build['speedup'] / build['cores']:.0f}% of linear); "
+            f"CPU time per image {one['cpu_ms_per_image']:.1f} ms and "
+            f"{many['cpu_ms_per_image']:.1f} ms.")
 
 
 def _mfu(row: dict) -> str:

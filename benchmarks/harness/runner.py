@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness.cache_build import SIDE, SIZE, auto_workers, make_xray_like_pngs, summarise
 from benchmarks.harness.data_path import PIPELINES
 from benchmarks.harness.flops import gpu_peak_flops
 from benchmarks.harness.paths import REPOSITORY_ROOT
@@ -36,10 +37,12 @@ class Settings:
     rounds: int = 3
     memory_images: int = 5000
     memory_image_size: int = 224
+    cache_images_per_core: int = 200  # the cache build's images: this many per core
 
     @classmethod
     def quick(cls, **changes) -> Settings:
-        return cls(**{"data_seconds": 1.0, "warmup": 2, "steps": 4, "rounds": 1, **changes})
+        return cls(**{"data_seconds": 1.0, "warmup": 2, "steps": 4, "rounds": 1,
+                      "cache_images_per_core": 60, **changes})
 
     def resolved(self, device: str) -> Settings:
         gpu = device == "cuda"
@@ -149,8 +152,23 @@ def run_benchmark(settings: Settings, log=print) -> dict:
                             "cache_dir": str(scratch / "cache-memory"), "batch_size": 32}
         results["memory"] = [run_task("cache_memory", memory_arguments, one_core=True)
                              for _ in ("build", "read")]
+        results["cache_build"] = measure_cache_building(settings, scratch, log)
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def measure_cache_building(settings: Settings, scratch: Path, log=print) -> dict:
+    """Cache-build images per second with 1 worker process and with one per core, in
+    alternating rounds (both see the same noise), each build in a fresh process."""
+    cores = max(1, auto_workers())
+    count = settings.cache_images_per_core * cores
+    log(f"cache build: {count} images, 1 and {cores} worker processes ...")
+    folder = make_xray_like_pngs(scratch / "cache-build-images", count)
+    rounds = [run_task("cache_build", {"root": str(folder), "workers": workers,
+                                       "cache_dir": str(scratch / "cache-build")})
+              for _ in range(settings.rounds) for workers in dict.fromkeys((1, cores))]
+    return summarise(rounds, cores, f"{count} generated X-ray-like {SIDE} px PNGs, "
+                                    f"resized to {SIZE} px")
 
 
 def _best_round(rounds: list[dict]) -> dict:

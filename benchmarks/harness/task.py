@@ -15,6 +15,7 @@ import sys
 TASKS = {
     "data_path": "benchmarks.harness.data_path:measure_data_path",
     "cache_memory": "benchmarks.harness.data_path:measure_cache_memory",
+    "cache_build": "benchmarks.harness.cache_build:measure_cache_build",
     "lightning_loop": "benchmarks.harness.training_loop:measure_lightning",
     "plain_loop": "benchmarks.harness.training_loop:measure_plain_loop",
 }

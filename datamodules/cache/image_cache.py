@@ -24,6 +24,10 @@ the image files.
   (:mod:`medrepro.datamodules.audit.preflight`) finds every such file in one pass and
   later runs know them without decoding anything; reading such a row raises the file's
   :class:`~medrepro.datamodules.transforms.image_reader.UnreadableImage`.
+* **Build:** by worker processes (``num_workers``; ``auto``, one per CPU core, see
+  :func:`build_workers`), each pre-processing chunks of images with one OpenCV thread
+  while this process writes the chunks into their rows, so that the build scales with the
+  cores (``python benchmark.py --cache-build`` measures 1 and N workers).
 * **Random state:** the build's DataLoader has its own ``torch.Generator``, so building
   the cache leaves the global random state (weight initialisation, shuffling) as it was:
   the run that builds the cache and the runs that read it train alike.
@@ -43,6 +47,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -62,6 +67,7 @@ from medrepro.datamodules.transforms.image_reader import UnreadableImage
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
+MAX_CHUNK = 16
 
 
 class ImageCache:
@@ -108,13 +114,15 @@ class ImageCache:
         channels: int,
         preprocess: Callable | None,
         cache_dir: str | Path,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         progress: bool | None = None,
         max_pixels: int | None = None,
     ) -> ImageCache:
         """The cache of ``paths`` pre-processed by ``preprocess``: opened when a complete
-        one with the same key exists in ``cache_dir``, else built there first. Images of
-        more than ``max_pixels`` pixels count as unreadable (possible decompression bombs)."""
+        one with the same key exists in ``cache_dir``, else built there first, by
+        ``num_workers`` worker processes (``auto``: one per core, see
+        :func:`build_workers`). Images of more than ``max_pixels`` pixels count as
+        unreadable (possible decompression bombs)."""
         paths = sorted({str(p) for p in paths})  # the same images in any order: one cache
         cache_dir = Path(cache_dir).expanduser()
         max_pixels = int(max_pixels or image_reader.DEFAULT_MAX_IMAGE_PIXELS)
@@ -203,9 +211,9 @@ def describe_preprocess(preprocess: Callable | None):
 
 
 class _PreprocessedBytes(Dataset):
-    """Pre-processed images as ``uint8`` arrays (quantised where they are computed, so
-    DataLoader workers pass a quarter of the bytes), or, for a file that cannot be decoded,
-    the reason (a ``str``)."""
+    """``(row, image)``: a pre-processed image as a ``uint8`` array (quantised where it is
+    computed, so DataLoader workers pass a quarter of the bytes), or, for a file that
+    cannot be decoded, the reason (a ``str``)."""
 
     def __init__(self, paths: Sequence[str], channels: int, preprocess: Callable | None,
                  max_pixels: int) -> None:
@@ -215,13 +223,13 @@ class _PreprocessedBytes(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> np.ndarray | str:
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | str]:
         try:
             image = preprocess_image(self.paths[index], self.channels, self.preprocess,
                                      self.max_pixels)
         except UnreadableImage as error:
-            return error.reason
-        return quantise(image)
+            return index, error.reason
+        return index, quantise(image)
 
 
 def quantise(image: np.ndarray) -> np.ndarray:
@@ -229,40 +237,51 @@ def quantise(image: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _build(images: _PreprocessedBytes, array_path: Path, index_path: Path, num_workers: int,
-           progress: bool | None) -> None:
+def build_workers(setting: int | str = "auto") -> int:
+    """The worker processes that build a cache: ``auto``, every core this process may use
+    (the build is a one-off job that has the machine to itself before training starts;
+    none on a one-core machine), else the number given (0: in this process)."""
+    if setting == "auto":
+        cores = usable_cores()
+        return cores if cores > 1 else 0
+    return int(setting)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def chunk_size(images: int, workers: int) -> int:
+    """Images a worker pre-processes per message to the building process: up to
+    :data:`MAX_CHUNK`, so that passing results costs little beside decoding, and small
+    enough that every worker gets about 8 chunks (they finish together)."""
+    return max(1, min(MAX_CHUNK, -(-images // (8 * max(1, workers)))))
+
+
+def _build(images: _PreprocessedBytes, array_path: Path, index_path: Path,
+           num_workers: int | str, progress: bool | None) -> None:
     paths = images.paths
-    log.info("Building the image cache %s (%d images, once)", array_path, len(paths))
-    # its own generator: iterating a DataLoader draws a seed from the global torch state
-    loader = DataLoader(images, batch_size=None, num_workers=num_workers, collate_fn=_identity,
-                        generator=torch.Generator())
+    workers = build_workers(num_workers)
+    if workers and multiprocessing.current_process().daemon:
+        workers = 0  # e.g. a multiprocessing.Pool worker, which may not start processes
+    log.info("Building the image cache %s (%d images, once, %s)", array_path, len(paths),
+             f"{workers} worker processes" if workers else "in this process")
+    # chunks of images per message (each image alone would make the building process,
+    # which receives and writes them, the bottleneck of many workers), taken as they come
+    # (each carries its rows: a slow worker holds no other back); its own generator:
+    # iterating a DataLoader draws a seed from the global torch state
+    loader = DataLoader(images, batch_size=chunk_size(len(paths), workers), shuffle=False,
+                        num_workers=workers, collate_fn=_as_list, generator=torch.Generator(),
+                        in_order=False)
     temporary = _temporary_path(array_path)
-    unreadable: dict[str, str] = {}
     try:
-        array = None
-        bar = tqdm(loader, total=len(paths), desc="caching images", unit="img",
-                   disable=None if progress is None else not progress)
-        for row, image in enumerate(bar):
-            if isinstance(image, str):
-                unreadable[paths[row]] = image  # its row stays black
-                continue
-            if array is None:
-                array = np.lib.format.open_memmap(
-                    temporary, mode="w+", dtype=np.uint8, shape=(len(paths), *image.shape))
-            if image.shape != array.shape[1:]:
-                raise ConfigError(
-                    f"{paths[row]} is {image.shape[1]}x{image.shape[0]} after pre-processing, "
-                    f"others {array.shape[2]}x{array.shape[1]}; the image cache needs one size: "
-                    "end data.preprocess.steps with a Resize, or set data.cache.enabled=false."
-                )
-            array[row] = image
-        if array is None:
-            if unreadable:
-                path, reason = next(iter(unreadable.items()))
-                raise UnreadableImage(path, reason, (
-                    f"None of the {len(paths)} images can be read, e.g. {path} ({reason}); "
-                    "check data.root (`python audit.py` lists every unreadable file)."))
-            raise DataError("There are no images to cache.")
+        with tqdm(total=len(paths), desc="caching images", unit="img",
+                  disable=None if progress is None else not progress) as bar, \
+                _one_opencv_thread(workers):
+            array, unreadable = _write_rows(loader, paths, temporary, bar)
         array.flush()
         del array
         os.replace(temporary, array_path)
@@ -276,8 +295,62 @@ def _build(images: _PreprocessedBytes, array_path: Path, index_path: Path, num_w
             os.remove(temporary)
 
 
-def _identity(item):
-    return item
+def _write_rows(loader: DataLoader, paths: Sequence[str], temporary: str,
+                bar) -> tuple[np.memmap, dict[str, str]]:
+    """Write the loader's images into their rows of a new memory-mapped array at
+    ``temporary``; the array and the files that could not be decoded (their rows stay
+    black), with the reason, in row order."""
+    array, unreadable = None, {}
+    for chunk in loader:
+        for row, image in chunk:
+            path = paths[row]
+            if isinstance(image, str):
+                unreadable[path] = image
+                continue
+            if array is None:
+                array = np.lib.format.open_memmap(
+                    temporary, mode="w+", dtype=np.uint8, shape=(len(paths), *image.shape))
+            if image.shape != array.shape[1:]:
+                raise ConfigError(
+                    f"{path} is {image.shape[1]}x{image.shape[0]} after pre-processing, "
+                    f"others {array.shape[2]}x{array.shape[1]}; the image cache needs one size: "
+                    "end data.preprocess.steps with a Resize, or set data.cache.enabled=false."
+                )
+            array[row] = image
+        bar.update(len(chunk))
+    unreadable = {path: unreadable[path] for path in paths if path in unreadable}
+    if array is None:
+        if unreadable:
+            path, reason = next(iter(unreadable.items()))
+            raise UnreadableImage(path, reason, (
+                f"None of the {len(paths)} images can be read, e.g. {path} ({reason}); "
+                "check data.root (`python audit.py` lists every unreadable file)."))
+        raise DataError("There are no images to cache.")
+    return array, unreadable
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+@contextlib.contextmanager
+def _one_opencv_thread(workers: int):
+    """N workers on N cores: OpenCV's own thread pool (one thread per core in each worker)
+    would only make them compete (torch is single-threaded in workers already). Set in this
+    process before the workers are forked, which inherit it, and restored afterwards:
+    ``cv2.setNumThreads`` called in a forked worker can hang for ever when this process has
+    already used OpenCV's pool (its lock is copied held, by a thread the fork did not copy)."""
+    if not workers:
+        yield
+        return
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _temporary_path(final: Path) -> str:
