@@ -31,6 +31,7 @@ MAPPED = {
     "callbacks": "medrepro/callbacks",
     "lightning_modules": "medrepro/lightning_modules",
     "conf": "medrepro/conf",
+    "hydra_plugins": "hydra_plugins",
 }
 NOT_INSTALLED = ("callbacks", "datamodules", "lightning_modules", "conf", "tests", "benchmarks")
 CONSOLE_SCRIPTS = {"medrepro-train", "medrepro-audit", "medrepro-report", "medrepro-cache"}
@@ -76,14 +77,19 @@ def wheel_names(wheel) -> set[str]:
 
 
 def test_the_wheel_installs_one_import_package(wheel_names):
+    """medrepro, and the search's sweeper in Hydra's plugin namespace (only there does
+    Hydra instantiate a sweeper): hydra_plugins stays a namespace package (no
+    ``__init__.py`` of ours), so other plugins installed beside it still load."""
     tops = {name.split("/")[0] for name in wheel_names}
-    assert {top for top in tops if not top.endswith((".dist-info", ".data"))} == {"medrepro"}
+    assert {top for top in tops if not top.endswith((".dist-info", ".data"))} == {"medrepro", "hydra_plugins"}
+    assert {name.split("/")[1] for name in wheel_names if name.startswith("hydra_plugins/")} == {"medrepro_search"}
+    assert "hydra_plugins/__init__.py" not in wheel_names
     assert not tops & set(NOT_INSTALLED)
 
 
 def test_the_wheel_holds_every_module_and_config_at_its_mapped_place(wheel_names):
-    modules = [p for folder in ("medrepro", "datamodules", "callbacks", "lightning_modules")
-               for p in _source_files(folder, ".py")]
+    folders = ("medrepro", "datamodules", "callbacks", "lightning_modules", "hydra_plugins")
+    modules = [p for folder in folders for p in _source_files(folder, ".py")]
     configs = _source_files("conf", ".yaml")
     assert len(configs) > 40 and REPO / "conf" / "train.yaml" in configs
     expected = {_wheel_place(p) for p in [*modules, *configs, REPO / "conf" / "__init__.py"]}
@@ -236,8 +242,8 @@ def _undeclared(needed: dict[str, tuple[set[str], str]], declared: set[str]) -> 
 
 
 def _package_needs() -> dict[str, tuple[set[str], str]]:
-    files = [p for folder in ("medrepro", "datamodules", "callbacks", "lightning_modules")
-             for p in _source_files(folder, ".py")]
+    folders = ("medrepro", "datamodules", "callbacks", "lightning_modules", "hydra_plugins")
+    files = [p for folder in folders for p in _source_files(folder, ".py")]
     modules = _third_party_imports(files, {"medrepro"})
     for config in _source_files("conf", ".yaml"):  # what Hydra imports for the configs
         for target in re.findall(r"_target_:\s*([\w.]+)", config.read_text()):
@@ -248,9 +254,12 @@ def _package_needs() -> dict[str, tuple[set[str], str]]:
 
 
 def test_the_declared_dependencies_are_exactly_what_the_package_uses(pyproject):
+    """Everything the package imports or names is a dependency, or belongs to the optional
+    ``scale`` extra (launchers, the search, loggers: imported only when used)."""
     declared = {_distribution(r) for r in pyproject["project"]["dependencies"]}
+    scale = {_distribution(r) for r in pyproject["project"]["optional-dependencies"]["scale"]}
     needed = _package_needs()
-    assert _undeclared(needed, declared) == {}, "used but not in [project.dependencies]"
+    assert _undeclared(needed, declared | scale) == {}, "used but not in dependencies nor the scale extra"
     used = set().union(*(owners for owners, _ in needed.values()))
     assert declared - used == set(), "declared but never imported nor named as a _target_"
 
@@ -258,6 +267,7 @@ def test_the_declared_dependencies_are_exactly_what_the_package_uses(pyproject):
 def test_the_tests_and_benchmarks_need_only_declared_and_dev_packages(pyproject):
     files = [*_source_files("tests", ".py"), *_source_files("benchmarks", ".py"), REPO / "benchmark.py"]
     local = {"medrepro", "benchmarks", "conftest", *(p.stem for p in _source_files("tests", ".py"))}
-    declared = {_distribution(r) for r in [*pyproject["project"]["dependencies"],
-                                           *pyproject["project"]["optional-dependencies"]["dev"]]}
+    extras = pyproject["project"]["optional-dependencies"]
+    declared = {_distribution(r) for r in [*pyproject["project"]["dependencies"], *extras["dev"],
+                                           *extras["scale"]]}  # dev includes medrepro[scale]
     assert _undeclared(_distributions_of(_third_party_imports(files, local)), declared) == {}
