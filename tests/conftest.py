@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 import medrepro.core.config_tree  # noqa: F401  (registers the resolvers)
@@ -30,6 +31,17 @@ TINY_TRAINING = [
 ]
 TINY_DEMO = ["data.source.image_size=96", "data.source.images_per_class=16"]
 TINY_RUN = TINY_DEMO + TINY_TRAINING
+# A run that a resume must repeat exactly (deterministic, augmented, dropout; given split of
+# a folder written with write_noisy_splits at RESUMABLE_SIZE px): tests/test_resume.py and the
+# submitit requeue test
+RESUMABLE_SIZE = 32
+RESUMABLE_RUN = [
+    "data=folder", "data.split.mode=given", f"data.image_size={RESUMABLE_SIZE}",
+    "data.loader.num_workers=0", "model.name=test_resnet", "model.drop_rate=0.3", "augment=basic",
+    "trainer.batch_size=2", "trainer.max_epochs=3", "trainer.deterministic=true",
+    "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "logger=none",
+    "~callbacks.run_plots",
+]
 
 
 def compose_config(overrides: list[str], output_dir: Path, demo_dir: Path | None = None) -> DictConfig:
@@ -46,6 +58,48 @@ def compose_config(overrides: list[str], output_dir: Path, demo_dir: Path | None
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def multirun_mode_config(overrides: list[str], run_dir: Path, demo_dir: Path):
+    """A composed job config that believes it is one job of a multirun."""
+    cfg = compose_config(overrides, run_dir, demo_dir=demo_dir)
+    hydra_cfg = HydraConfig.get()
+    OmegaConf.set_readonly(hydra_cfg, False)
+    with open_dict(hydra_cfg):
+        hydra_cfg.mode = RunMode.MULTIRUN
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def two_class_folder(root: Path, per_class: int, seed: int) -> Path:
+    """``root/a/`` and ``root/b/``, ``per_class`` distinct 32-pixel images each (smooth
+    random texture, ``b`` brighter: a model learns something and its probabilities differ
+    between images)."""
+    rng = np.random.default_rng(seed)
+    for label, offset in (("a", 40), ("b", 120)):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            coarse = (rng.random((4, 4)) * 90 + offset).astype(np.uint8)
+            Image.fromarray(coarse).resize((32, 32), Image.BICUBIC).save(root / label / f"{i}.png")
+    return root
+
+
+def wait_a_third_into_epoch_2(process, run_dir: Path, timeout: float = 600) -> None:
+    """Return a third of an epoch after ``run_dir``'s first last.ckpt appeared (epoch 1
+    has ended) while ``process`` (the run's, or its sweep's) runs on."""
+    import os
+    import time
+
+    import pandas as pd
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + timeout
+    while not os.path.lexists(last):
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no last.ckpt appeared"
+        time.sleep(0.05)
+    epoch_seconds = float(pd.read_csv(run_dir / "metrics.csv")["epoch_seconds"].iloc[0])
+    time.sleep(epoch_seconds / 3)
 
 
 @pytest.fixture(scope="session", autouse=True)

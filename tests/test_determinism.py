@@ -15,8 +15,7 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DEMO, compose_config
-from PIL import Image
+from conftest import TINY_DEMO, compose_config, two_class_folder
 
 from medrepro.datamodules.audit.data_audit import audit_data
 from medrepro.datamodules.audit.preflight import check_before_training
@@ -32,14 +31,7 @@ RUN = ["data=folder", "model.name=test_resnet", "data.loader.num_workers=0",
 def image_folder(tmp_path_factory) -> Path:
     """``a/`` and ``b/``, 12 distinct 32-pixel images each (b brighter, so the model learns
     something and its probabilities differ between images)."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(11)
-    for label, offset in (("a", 40), ("b", 120)):
-        (root / label).mkdir()
-        for i in range(12):
-            coarse = (rng.random((4, 4)) * 90 + offset).astype(np.uint8)
-            Image.fromarray(coarse).resize((32, 32), Image.BICUBIC).save(root / label / f"{i}.png")
-    return root
+    return two_class_folder(tmp_path_factory.mktemp("images"), per_class=12, seed=11)
 
 
 @pytest.fixture

@@ -19,12 +19,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIG_DIR, REPO, TINY_RUN, compose_config
+from conftest import CONFIG_DIR, REPO, TINY_RUN, multirun_mode_config
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
@@ -127,17 +125,6 @@ def test_bootstrap_metrics_match_scikit_learn():
                      else roc_auc_score(t, p, multi_class="ovr", average="macro"))
             assert values["auroc"][b] == pytest.approx(auroc, abs=1e-12)
             assert values["acc"][b] == pytest.approx((predicted[sample] == t).mean())
-
-
-def multirun_mode_config(overrides: list[str], run_dir: Path, demo_dir: Path):
-    """A composed job config that believes it is one job of a multirun."""
-    cfg = compose_config(overrides, run_dir, demo_dir=demo_dir)
-    hydra_cfg = HydraConfig.get()
-    OmegaConf.set_readonly(hydra_cfg, False)
-    with open_dict(hydra_cfg):
-        hydra_cfg.mode = RunMode.MULTIRUN
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
 
 
 def test_divergence_stops_the_job_early_and_is_recorded(tmp_path, demo_dir):

@@ -13,13 +13,11 @@ import sys
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, compose_config
+from conftest import REPO, compose_config, two_class_folder
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medrepro.jobs.job_runner import run_job
@@ -37,14 +35,7 @@ EXPECTED_LR = [LR * GAMMA ** epoch for epoch in range(EPOCHS)]
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
     """``a/`` and ``b/``, 10 distinct 32-pixel images each."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(3)
-    for label, offset in (("a", 40), ("b", 120)):
-        (root / label).mkdir()
-        for i in range(10):
-            coarse = (rng.random((4, 4)) * 90 + offset).astype(np.uint8)
-            Image.fromarray(coarse).resize((32, 32), Image.BICUBIC).save(root / label / f"{i}.png")
-    return root
+    return two_class_folder(tmp_path_factory.mktemp("images"), per_class=10, seed=3)
 
 
 @pytest.fixture

@@ -22,11 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, TINY_RUN, compose_config
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
+from conftest import REPO, TINY_RUN, multirun_mode_config
 from joblib import cpu_count
-from omegaconf import OmegaConf, open_dict
 
 from medrepro.jobs.job_runner import run_job
 from medrepro.jobs.report.runs import load_runs
@@ -55,17 +52,6 @@ def four_jobs(tmp_path_factory, demo_dir) -> tuple[Path, subprocess.CompletedPro
     sweep_dir = tmp_path_factory.mktemp("parallel") / "sweep"
     finished = sweep(sweep_dir, demo_dir, f"seed={','.join(map(str, SEEDS))}")
     return sweep_dir, finished
-
-
-def multirun_mode_config(overrides: list[str], run_dir: Path, demo_dir: Path):
-    """A composed job config that believes it is one job of a multirun."""
-    cfg = compose_config(overrides, run_dir, demo_dir=demo_dir)
-    hydra_cfg = HydraConfig.get()
-    OmegaConf.set_readonly(hydra_cfg, False)
-    with open_dict(hydra_cfg):
-        hydra_cfg.mode = RunMode.MULTIRUN
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
 
 
 def results(run_dir: Path) -> dict:

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -25,20 +24,22 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import REPO, compose_config, write_noisy_splits
+from conftest import (
+    REPO,
+    RESUMABLE_RUN,
+    RESUMABLE_SIZE,
+    compose_config,
+    wait_a_third_into_epoch_2,
+    write_noisy_splits,
+)
 
 from medrepro.core.errors import ConfigError
 from medrepro.jobs.job_runner import run_job
 from medrepro.jobs.report.runs import load_runs
 from medrepro.jobs.training import train
 
-SIZE = 32
-RUN = [
-    "data=folder", "data.split.mode=given", f"data.image_size={SIZE}", "data.loader.num_workers=0",
-    "model.name=test_resnet", "model.drop_rate=0.3", "augment=basic", "trainer.batch_size=2",
-    "trainer.max_epochs=3", "trainer.deterministic=true", "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false", "logger=none", "~callbacks.run_plots",
-]
+SIZE = RESUMABLE_SIZE
+RUN = RESUMABLE_RUN
 # every epoch's checkpoint kept (best-epoch001.ckpt ... best-epoch003.ckpt), to resume from any
 EVERY_EPOCH = ["callbacks.model_checkpoint.save_top_k=-1"]
 
@@ -289,14 +290,7 @@ def kill_in_epoch_2(process: subprocess.Popen, run_dir: Path, timeout: float = 6
                     signal_number: int = signal.SIGKILL) -> None:
     """SIGKILL (or ``signal_number``) ``process`` a third of an epoch after ``run_dir``'s
     first last.ckpt appeared."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + timeout
-    while not os.path.lexists(last):
-        assert process.poll() is None, process.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no last.ckpt appeared"
-        time.sleep(0.05)
-    epoch_seconds = float(pd.read_csv(run_dir / "metrics.csv")["epoch_seconds"].iloc[0])
-    time.sleep(epoch_seconds / 3)
+    wait_a_third_into_epoch_2(process, run_dir, timeout)
     os.kill(process.pid, signal_number)
     process.wait()
 

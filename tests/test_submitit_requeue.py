@@ -20,21 +20,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, write_noisy_splits
+from conftest import (
+    REPO,
+    RESUMABLE_RUN,
+    RESUMABLE_SIZE,
+    wait_a_third_into_epoch_2,
+    write_noisy_splits,
+)
 
-SIZE = 32
-RUN = [
-    "data=folder", "data.split.mode=given", f"data.image_size={SIZE}", "data.loader.num_workers=0",
-    "model.name=test_resnet", "model.drop_rate=0.3", "augment=basic", "trainer.batch_size=2",
-    "trainer.max_epochs=3", "trainer.deterministic=true", "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false", "logger=none", "~callbacks.run_plots",
-    "hydra.callbacks.sweep_report.resamples=200",
-]
+SIZE = RESUMABLE_SIZE
+RUN = [*RESUMABLE_RUN, "hydra.callbacks.sweep_report.resamples=200"]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -77,14 +76,7 @@ def job_process(run_dir: Path) -> int:
 def preempt_in_epoch_2(sweep: subprocess.Popen, run_dir: Path, timeout: float = 600) -> None:
     """Send SIGUSR2 to the job of ``run_dir`` a third of an epoch after its first last.ckpt
     appeared."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + timeout
-    while not os.path.lexists(last):
-        assert sweep.poll() is None, sweep.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no last.ckpt appeared"
-        time.sleep(0.05)
-    epoch_seconds = float(pd.read_csv(run_dir / "metrics.csv")["epoch_seconds"].iloc[0])
-    time.sleep(epoch_seconds / 3)
+    wait_a_third_into_epoch_2(sweep, run_dir, timeout)
     os.kill(job_process(run_dir), signal.SIGUSR2)
 
 

@@ -31,8 +31,14 @@ def make_xray_like_pngs(folder: Path, count: int, side: int = SIDE, seed: int = 
     for _ in range(min(DISTINCT, count)):
         noisy = texture(rng, side).astype(np.float32) + rng.normal(0.0, 4.0, (side, side))
         encoded.append(cv2.imencode(".png", np.clip(noisy, 0, 255).astype(np.uint8))[1].tobytes())
+    return write_class_folders(folder, encoded, count, ".png")
+
+
+def write_class_folders(folder: Path, encoded: list[bytes], count: int, suffix: str) -> Path:
+    """``count`` files in the class folders ``a/`` and ``b/`` of ``folder``, alternating,
+    repeating the ``encoded`` images in turn."""
     for index in range(count):
-        target = folder / ("a", "b")[index % 2] / f"{index:05d}.png"
+        target = folder / ("a", "b")[index % 2] / f"{index:05d}{suffix}"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(encoded[index % len(encoded)])
     return folder

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness.cache_build import SIDE, SIZE, auto_workers, make_xray_like_pngs, summarise
+from benchmarks.harness.cache_build import (
+    SIDE,
+    SIZE,
+    auto_workers,
+    make_xray_like_pngs,
+    summarise,
+    write_class_folders,
+)
 from benchmarks.harness.data_path import PIPELINES
 from benchmarks.harness.flops import gpu_peak_flops
 from benchmarks.harness.paths import REPOSITORY_ROOT
@@ -90,11 +97,7 @@ def many_small_images(source: Path, folder: Path, count: int, size: int) -> Path
             buffer = BytesIO()
             image.convert("L").resize((size + 32, size + 32)).save(buffer, "JPEG", quality=90)
             encoded.append(buffer.getvalue())
-    for index in range(count):
-        target = folder / ("a", "b")[index % 2] / f"{index:05d}.jpeg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(encoded[index % len(encoded)])
-    return folder
+    return write_class_folders(folder, encoded, count, ".jpeg")
 
 
 def machine() -> dict:
