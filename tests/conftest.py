@@ -84,6 +84,15 @@ def two_class_folder(root: Path, per_class: int, seed: int) -> Path:
     return root
 
 
+def ctrl_c_enabled() -> None:
+    """``preexec_fn`` of a subprocess that a test stops with SIGINT: Ctrl-C's default
+    action, also where the test runner was started with SIGINT ignored (a background job
+    of a non-interactive shell is, and its children inherit that)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_a_third_into_epoch_2(process, run_dir: Path, timeout: float = 600) -> None:
     """Return a third of an epoch after ``run_dir``'s first last.ckpt appeared (epoch 1
     has ended) while ``process`` (the run's, or its sweep's) runs on."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, TINY_DEMO, compose_config
+from conftest import REPO, TINY_DEMO, compose_config, ctrl_c_enabled
 from omegaconf import OmegaConf
 
 from medrepro.jobs.search.optuna_sweeper import direction_of
@@ -236,7 +236,7 @@ def test_an_interrupted_search_resumes_its_running_trial_in_place_then_goes_on(t
                f"paths.demo_dir={demo_dir}", f"hydra.sweep.dir={sweep_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env, start_new_session=True)
+                               text=True, env=env, start_new_session=True, preexec_fn=ctrl_c_enabled)  # noqa: PLW1509
     last = sweep_dir / "1" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not os.path.lexists(last):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_RUN, TINY_TRAINING, write_gray
+from conftest import REPO, TINY_RUN, TINY_TRAINING, ctrl_c_enabled, write_gray
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from test_experiments import multirun_mode_config
@@ -80,7 +80,8 @@ def test_ctrl_c_ends_interrupted_with_exit_130(tmp_path, demo_dir):
         [sys.executable, str(REPO / "train.py"), *TINY_JOB, "trainer.max_epochs=500",
          f"paths.demo_dir={demo_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
          f"hydra.run.dir={run_dir}"],
-        cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=ctrl_c_enabled)  # noqa: PLW1509 (one signal() call before exec)
     deadline = time.monotonic() + 300
     while not os.path.lexists(run_dir / "checkpoints" / "last.ckpt"):  # after the first epoch
         running = process.poll() is None and time.monotonic() < deadline
