@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from medrepro.core.distributed import is_distributed
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.core.records import SPLITS
+from medrepro.core.worker_processes import worker_start_context
 from medrepro.datamodules.audit.data_audit import inspect_manifest
 from medrepro.datamodules.audit.duplicate_relation import (
     DuplicateRelation,
@@ -314,6 +315,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             num_workers=self.loader.num_workers,
             pin_memory=self.loader.pin_memory,
             persistent_workers=self.loader.persistent_workers,
+            multiprocessing_context=worker_start_context() if self.loader.num_workers else None,
             worker_init_fn=reseed_augmentation_in_worker if self.loader.num_workers else None,
         )
 

@@ -39,9 +39,13 @@ ENVIRONMENT = {"CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "2", "MKL_NUM_T
 
 
 def sweep(sweep_dir: Path, demo_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The sweep, with a cache folder of its own (the jobs build the image cache with
+    worker processes inside joblib's workers) and a training loader with a worker process:
+    a loky worker's own default start method once broke both."""
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *SWEEP, f"paths.demo_dir={demo_dir}",
-         f"paths.cache_dir={demo_dir / 'cache'}", f"hydra.sweep.dir={sweep_dir}", *extra],
+         f"paths.cache_dir={sweep_dir.parent / 'cache'}", "data.loader.num_workers=1",
+         f"hydra.sweep.dir={sweep_dir}", *extra],
         capture_output=True, text=True, timeout=600, check=False,
         env={**os.environ, "PYTHONPATH": str(REPO), **ENVIRONMENT},
     )

@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.core.run_folder import write_atomic
+from medrepro.core.worker_processes import worker_start_context
 from medrepro.datamodules.image_dataset import preprocess_image
 from medrepro.datamodules.transforms import image_reader
 from medrepro.datamodules.transforms.image_reader import UnreadableImage
@@ -275,7 +276,8 @@ def _build(images: _PreprocessedBytes, array_path: Path, index_path: Path,
     # iterating a DataLoader draws a seed from the global torch state
     loader = DataLoader(images, batch_size=chunk_size(len(paths), workers), shuffle=False,
                         num_workers=workers, collate_fn=_as_list, generator=torch.Generator(),
-                        in_order=False)
+                        in_order=False,
+                        multiprocessing_context=worker_start_context() if workers else None)
     temporary = _temporary_path(array_path)
     try:
         with tqdm(total=len(paths), desc="caching images", unit="img",
