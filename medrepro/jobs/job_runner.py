@@ -107,13 +107,7 @@ def _interrupted(cfg: DictConfig) -> None:
     """Record a Ctrl-C and stop the process (the whole sweep in a multirun)."""
     output_dir = _output_dir(cfg)
     has_last = output_dir is not None and any((output_dir / CHECKPOINTS_FOLDER).glob("last*.ckpt"))
-    if is_multirun():
-        again = (f"run the same command with hydra.sweep.dir={sweep_dir_of(output_dir)} to finish the sweep "
-                 "(completed jobs are skipped)")
-    elif has_last:
-        again = f"run the same command with hydra.run.dir={output_dir} ckpt_path=last to continue"
-    else:
-        again = "run the same command again"
+    again = _how_to_continue(cfg, has_last)
     _record(cfg, "interrupted", f"Interrupted by Ctrl-C {describe_step(current_step())}; {again}.")
     raise SystemExit(EXIT_INTERRUPTED) from None
 
@@ -127,13 +121,22 @@ def _stopped_from_outside(cfg: DictConfig) -> None:
     if os.environ.get("SUBMITIT_EXECUTOR"):
         how = ("submitit requeues the job (unless it has used up hydra.launcher.max_num_timeout), "
                "and it resumes from its checkpoints/last.ckpt")
-    elif is_multirun():
-        how = (f"run the same command with hydra.sweep.dir={sweep_dir_of(_output_dir(cfg))} "
-               "to finish the sweep (completed jobs are skipped)")
     else:
-        how = f"run the same command with hydra.run.dir={_output_dir(cfg)} ckpt_path=last to continue"
+        how = _how_to_continue(cfg, has_last=True)
     _record(cfg, "interrupted", f"Stopped by a signal from outside (pre-emption, a time limit or "
                                 f"SIGTERM) {step}; {how}.")
+
+
+def _how_to_continue(cfg: DictConfig, has_last: bool) -> str:
+    """The command that continues a stopped job: the sweep again in a multirun, else the
+    run from its last.ckpt (when it has one)."""
+    output_dir = _output_dir(cfg)
+    if is_multirun():
+        return (f"run the same command with hydra.sweep.dir={sweep_dir_of(output_dir)} to finish "
+                "the sweep (completed jobs are skipped)")
+    if has_last:
+        return f"run the same command with hydra.run.dir={output_dir} ckpt_path=last to continue"
+    return "run the same command again"
 
 
 def _sentence(error: UserError) -> str:
