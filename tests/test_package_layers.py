@@ -21,7 +21,7 @@ FOLDERS = {
 # (groups of one layer may import each other only in the bottom layer: the data modules and
 # the LightningModules know nothing of each other)
 LAYERS = [
-    ("medrepro.core", "medrepro.conf"),
+    ("medrepro.core", "medrepro.conf", "medrepro.statistics"),
     ("medrepro.datamodules", "medrepro.lightning_modules"),
     ("medrepro.callbacks",),
     ("medrepro.jobs",),
