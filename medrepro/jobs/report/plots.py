@@ -8,19 +8,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
-from medrepro.core.figures import plot_confusion_matrix, plt, save_figure
+from medrepro.core.figures import (
+    integer_epochs,
+    plot_confusion_matrix,
+    plt,
+    save_figure,
+    scale_loss_axis,
+)
 from medrepro.jobs.report.arms import Arm
 
 
-def plot_arm_learning_curves(arms: list[Arm], path: Path) -> Path | None:
+def draw_arm_learning_curves(arms: list[Arm]) -> Figure | None:
     """Accuracy and loss per epoch: the mean over an arm's runs, shaded ± 1 SD;
-    validation solid, training dashed."""
+    validation solid, training dashed. Whole-number epochs; the loss axis turns
+    logarithmic (or clipped) when one mean would flatten the others, as the run's own
+    learning curves do (medrepro.core.figures.scale_loss_axis)."""
     histories = [(arm, [r.history for r in arm.completed if r.history is not None]) for arm in arms]
     if not any(h for _, h in histories):
         return None
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    losses = {}
     for colour, (arm, frames) in zip(_colours(len(arms)), histories):
         if not frames:
             continue
@@ -34,13 +44,22 @@ def plot_arm_learning_curves(arms: list[Arm], path: Path) -> Path | None:
                 label = f"{arm.label} ({stage}, n={table.shape[1]})"
                 axis.plot(mean.index, mean, style, color=colour, marker="o", markersize=3, label=label)
                 axis.fill_between(mean.index, mean - sd, mean + sd, color=colour, alpha=0.15)
+                if metric == "loss":
+                    losses[f"mean {stage} loss of {arm.label}"] = mean
     for axis, name in zip(axes, ("accuracy", "loss")):
         axis.set_xlabel("epoch")
         axis.set_ylabel(name)
         axis.set_title(f"{name} per epoch (mean ± SD over runs)")
         axis.grid(alpha=0.3)
+        integer_epochs(axis)
+    scale_loss_axis(axes[1], losses)
     axes[1].legend(fontsize=7, loc="best")
-    return save_figure(figure, path)
+    return figure
+
+
+def plot_arm_learning_curves(arms: list[Arm], path: Path) -> Path | None:
+    figure = draw_arm_learning_curves(arms)
+    return None if figure is None else save_figure(figure, path)
 
 
 def plot_arm_confusion_matrices(arms: list[Arm], folder: Path) -> list[Path]:

@@ -120,7 +120,10 @@ def _table(arms: list[Arm], metrics: list[str], intervals: dict) -> pd.DataFrame
             interval = intervals.get((arm.label, seed), {}).get(name) if test_metric else None
             rows.append(_row(arm, metric, "best run" if best else "mean", ours, interval, sd=sd,
                              n=sum(v is not None for v in values), paper=paper, paper_sd=paper_sd))
-    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+    table = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    for column in ("seed", "job", "n_runs"):  # blank in some rows: pandas would make them 0.0
+        table[column] = _whole_numbers(table[column])
+    return table
 
 
 def _bootstrappable(intervals: dict) -> set[str]:
@@ -424,6 +427,15 @@ def _show(metric: str, value, signed: bool = False) -> str:
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def _whole_numbers(column: pd.Series) -> pd.Series:
+    """``column`` as nullable integers (``0``, not ``0.0``; blank stays blank) when every
+    value in it is a whole number; otherwise unchanged."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().sum() != column.notna().sum() or (numbers.dropna() % 1 != 0).any():
+        return column
+    return numbers.astype("Int64")
 
 
 def _finite(value):
