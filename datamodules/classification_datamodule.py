@@ -7,8 +7,10 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 import torch.distributed as dist
 from filelock import FileLock
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
@@ -35,7 +37,11 @@ from medrepro.datamodules.data_settings import (
     PreprocessSettings,
     settings_from,
 )
-from medrepro.datamodules.image_dataset import ImageDataset, reseed_augmentation_in_worker
+from medrepro.datamodules.image_dataset import (
+    ImageDataset,
+    preprocess_image,
+    reseed_augmentation_in_worker,
+)
 from medrepro.datamodules.splitting.split import MANIFEST_COLUMNS, make_split, split_counts
 
 log = logging.getLogger(__name__)
@@ -171,6 +177,23 @@ class ClassificationDataModule(pl.LightningDataModule):
         log.info("classes (label order): %s", ", ".join(self.class_names))
         log.info("images per split and class:\n%s", split_counts(self.manifest).to_string())
 
+    def setup_for_evaluation(self, split: str) -> None:
+        """Prepare only the data a trained model is evaluated on: ``test``, the test split
+        that :meth:`setup` makes (the data set's own, or the split of its settings), or
+        ``all``, every image (an external data set without a split of its own), as the
+        test split."""
+        if split == "test":
+            self.setup()
+            return
+        if split != "all":
+            raise ConfigError(f"eval.split must be test or all, not {split}.")
+        self.find_classes()
+        self.manifest = pd.DataFrame(
+            [(r.path, r.label, r.patient_id, "test") for r in self._records], columns=MANIFEST_COLUMNS
+        )
+        self._build_datasets(splits=("test",))
+        log.info("images per class:\n%s", split_counts(self.manifest).to_string())
+
     def find_classes(self) -> list[str]:
         """The classes in label order, from the source's records (file names only: no
         image is read, so a job can build its model before :meth:`setup` inspects every
@@ -220,11 +243,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         ``data.checks.skip_unreadable=true`` lets training go on without)."""
         self.manifest = self.manifest[~self.manifest["path"].isin(set(paths))]
         self.manifest = self.manifest.reset_index(drop=True)
-        self._build_datasets()
+        self._build_datasets(splits=list(self.datasets) or SPLITS)
 
-    def _build_datasets(self) -> None:
+    def _build_datasets(self, splits: Sequence[str] = SPLITS) -> None:
         index = {name: i for i, name in enumerate(self.class_names)}
-        for split in SPLITS:
+        for split in splits:
             rows = self.manifest[self.manifest["split"] == split]
             if rows.empty:
                 raise DataError(
@@ -259,6 +282,13 @@ class ClassificationDataModule(pl.LightningDataModule):
             )
         negative = next(n for n in names if n != self.positive_class)
         return [negative, self.positive_class]
+
+    def model_input(self, path: str) -> torch.Tensor:
+        """One file as the model sees it in evaluation: read with the data set's channels,
+        pre-processed (no augmentation), ``float32 [C, H, W]`` in ``[0, 1]``. Raises
+        :class:`DataError` (one sentence) for a file that cannot be read."""
+        image = preprocess_image(path, self.channels, self.pipeline, self.checks.pixel_limit)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -102,6 +102,21 @@ class ImageClassifier(pl.LightningModule):
         predicted = self.stage_metrics["test_metrics"].predicted_labels(probabilities)
         return {"probabilities": probabilities, "predicted": predicted}
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """For ``trainer.predict`` over unlabelled images (batches of
+        :func:`~medrepro.datamodules.unlabelled_images.collate_readable`): ``path``,
+        ``probabilities`` (``[B, C]``), ``predicted`` (the threshold for binary tasks, else
+        argmax) and ``unreadable`` (the batch's files that could not be read)."""
+        images = batch["image"]
+        if images.numel() == 0:  # every file of the batch was unreadable
+            probabilities = torch.empty(0, len(self.class_names))
+            predicted = torch.empty(0, dtype=torch.long)
+        else:
+            probabilities = self.predict_probabilities(images).float()
+            predicted = self.stage_metrics["test_metrics"].predicted_labels(probabilities)
+        return {"path": list(batch["path"]), "probabilities": probabilities.cpu(),
+                "predicted": predicted.cpu(), "unreadable": list(batch.get("unreadable", []))}
+
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
 

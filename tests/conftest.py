@@ -28,6 +28,8 @@ TINY_TRAINING = [
     "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false",
     "logger=none",
+    # the failure gallery (Grad-CAM of 16 images) has tests of its own
+    "~callbacks.failure_gallery",
 ]
 TINY_DEMO = ["data.source.image_size=96", "data.source.images_per_class=16"]
 TINY_RUN = TINY_DEMO + TINY_TRAINING
@@ -197,3 +199,37 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# A small trained model for the commands that use one (eval.py, predict.py, export.py):
+# test_resnet on the demo pneumonia phantoms (classes NORMAL, PNEUMONIA), 48 px
+TRAINED_RUN = [
+    "data=demo_pneumonia", "model.name=test_resnet", "data.source.image_size=96",
+    "data.source.images_per_class=24", "data.image_size=48", "trainer.max_epochs=2",
+    "trainer.batch_size=8", "data.loader.num_workers=0", "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_dir) -> Path:
+    """The run folder of ``python train.py`` with :data:`TRAINED_RUN` (trained once per
+    session): checkpoints/, results.json, predictions.csv, model_card.md, ..."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *TRAINED_RUN, f"paths.demo_dir={demo_dir}",
+         f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, cwd=run_dir.parent, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def checkpoint_tested_by(run_dir: Path) -> Path:
+    """The checkpoint a run tested (results.json's tested_checkpoint)."""
+    import json
+
+    record = json.loads((run_dir / "results.json").read_text())["tested_checkpoint"]
+    return run_dir / record["file"]

@@ -34,7 +34,8 @@ MAPPED = {
     "hydra_plugins": "hydra_plugins",
 }
 NOT_INSTALLED = ("callbacks", "datamodules", "lightning_modules", "conf", "tests", "benchmarks")
-CONSOLE_SCRIPTS = {"medrepro-train", "medrepro-audit", "medrepro-report", "medrepro-cache"}
+CONSOLE_SCRIPTS = {"medrepro-train", "medrepro-audit", "medrepro-report", "medrepro-cache",
+                   "medrepro-eval", "medrepro-predict", "medrepro-export"}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_the_wheel_holds_every_module_and_config_at_its_mapped_place(wheel_names
     assert not extra, f"in the wheel but not in the repository: {extra[:5]}"
 
 
-def test_the_console_scripts_are_the_four_commands(wheel, wheel_names):
+def test_the_console_scripts_are_the_commands(wheel, wheel_names):
     with zipfile.ZipFile(wheel) as archive:
         (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
         parser = configparser.ConfigParser()

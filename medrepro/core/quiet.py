@@ -29,6 +29,13 @@ LIBRARY_WARNINGS = (
         FutureWarning,
         r"(pytorch_lightning|lightning\.pytorch)\.utilities\._pytree",
     ),
+    # eval.py tests a checkpoint in a trainer without the training's checkpoint callback,
+    # which testing does not need
+    (
+        r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
+        UserWarning,
+        r"(pytorch_lightning|lightning\.pytorch)\.trainer\.call",
+    ),
     # DDP: the epoch metrics are torchmetrics, synchronised across processes when computed
     (
         r"It is recommended to use `self\.log\('(train|val|test)/.*sync_dist=True",

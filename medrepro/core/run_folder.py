@@ -25,6 +25,7 @@ PREDICTIONS_CSV = "predictions.csv"
 SPLIT_CSV = "split.csv"
 PLOTS_FOLDER = "plots"
 CHECKPOINTS_FOLDER = "checkpoints"
+GALLERY_FOLDER = "gallery"
 
 
 def write_atomic(path: str | Path, text: str) -> Path:

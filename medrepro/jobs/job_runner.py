@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -51,13 +52,14 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by 
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
-def run_job(cfg: DictConfig) -> float | None:
-    """Run :func:`train` and record how it ended; return the optimised metric (a sweeper
-    may read it), or NaN for a job of a multirun that did not complete (a sweeper such as
-    Optuna records the trial as failed and goes on; the basic launcher ignores it)."""
+def run_job(cfg: DictConfig, job: Callable[[DictConfig], dict] = train) -> float | None:
+    """Run ``job`` (:func:`train`; eval.py runs the evaluation job) and record how it
+    ended; return the optimised metric (a sweeper may read it), or NaN for a job of a
+    multirun that did not complete (a sweeper such as Optuna records the trial as failed
+    and goes on; the basic launcher ignores it)."""
     try:
         assign_job_resources(cfg)  # a parallel sweep's job: its own GPU and share of the threads
-        metrics = train(cfg)
+        metrics = job(cfg)
     except KeyboardInterrupt:
         _interrupted(cfg)
     except SystemExit as stop:

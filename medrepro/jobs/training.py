@@ -22,6 +22,7 @@ from medrepro.core.precision import resolve_precision
 from medrepro.datamodules.audit.preflight import check_before_training
 from medrepro.jobs.job_steps import FIRST_STEP, enter_step
 from medrepro.jobs.loggers import with_loggers
+from medrepro.jobs.model_card import write_model_card
 from medrepro.jobs.resume import check_checkpoint_fits, prepare_run_folder
 from medrepro.jobs.settings_check import check_settings
 
@@ -80,6 +81,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     enter_step("testing")
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)[0]
     if is_first_process():  # once, not once per process of a DDP job
+        write_model_card(output_dir)
         log.info("Run folder: %s", output_dir.resolve())
     return {**validated, **tested}
 

@@ -1,0 +1,24 @@
+"""Every checkpoint carries the configuration of the run that wrote it, so that eval.py,
+predict.py and export.py rebuild the model and its pre-processing from the file alone
+(a checkpoint shared without its run folder still says how to read images for it)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+# checkpoint[CHECKPOINT_KEY] = {"config": the run's resolved configuration (plain data:
+# loadable with torch.load(weights_only=True)), "format": 1}
+CHECKPOINT_KEY = "medrepro"
+
+
+class TrainingConfigInCheckpoint(pl.Callback):
+    """Adds ``checkpoint["medrepro"]["config"]`` (the resolved run configuration) to every
+    checkpoint the trainer saves."""
+
+    def __init__(self, run_config: dict | None = None) -> None:
+        self.run_config = run_config
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint[CHECKPOINT_KEY] = {"config": self.run_config, "format": 1}
