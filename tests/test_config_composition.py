@@ -29,12 +29,15 @@ from medrepro.lightning_modules.losses import BinaryCrossEntropy, CrossEntropy, 
 
 # experiment, debug: tests/test_experiments.py; hparams_search: tests/test_hparams_search.py
 SKIPPED_GROUPS = {"hydra", "paths", "experiment", "debug", "hparams_search"}
+# options of eval.py's config, not of training's: tests/test_eval.py
+OTHER_COMMANDS_OPTIONS = {"callbacks": {"evaluation"}}
 
 
 def config_groups() -> dict[str, list[str]]:
     groups = {}
     for folder in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir()):
-        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        options = sorted(f.stem for f in folder.glob("*.yaml")
+                         if f.stem not in OTHER_COMMANDS_OPTIONS.get(folder.name, ()))
         if folder.name not in SKIPPED_GROUPS and options:
             groups[folder.name] = options
     return groups
@@ -100,7 +103,8 @@ LOGGERS = {"none": [], "csv": [CSVLogger], "tensorboard": [TensorBoardLogger],
            "mlflow": [MLflowRunLogger], "many": [CSVLogger, TensorBoardLogger, MLflowRunLogger]}
 # the callbacks, as conf/callbacks/default.yaml lists them (any order works)
 RUN_FOLDER_CALLBACKS = ["BestAndLastCheckpoint", "EpochHistory", "SplitManifest", "TestPredictions",
-                        "ResultsJSON", "RunPlots", "DivergenceGuard", "EpochSeeding"]
+                        "ResultsJSON", "RunPlots", "DivergenceGuard", "EpochSeeding",
+                        "TrainingConfigInCheckpoint", "FailureGallery"]
 CLASSES = {"brain_mri": ["no", "yes"], "cardiomegaly": ["normal", "cardiomegaly"],
            "covid3": ["normal", "pneumonia", "COVID-19"], "pneumonia": ["NORMAL", "PNEUMONIA"],
            "folder": ["cat", "dog"], "demo_brain_mri": ["no", "yes"],
