@@ -73,15 +73,6 @@ def bootstrap_samples(n: int, resamples: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return (math.nan, math.nan)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
-
-
 @dataclass
 class Comparison:
     """Welch's t-test between the runs of two arms on one metric."""

@@ -21,10 +21,10 @@ from medrepro.jobs.report.statistics import (
     bootstrap_samples,
     mean_sd,
     metrics_from_predictions,
-    percentile_interval,
     prediction_arrays,
     welch,
 )
+from medrepro.statistics.bootstrap import percentile_interval
 
 STANDARD_METRICS = (
     "val/acc", "val/loss", "test/acc", "test/precision", "test/recall", "test/f1",
