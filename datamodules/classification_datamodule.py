@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -39,6 +38,7 @@ from medrepro.datamodules.data_settings import (
 )
 from medrepro.datamodules.image_dataset import (
     ImageDataset,
+    as_tensor,
     preprocess_image,
     reseed_augmentation_in_worker,
 )
@@ -287,8 +287,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         """One file as the model sees it in evaluation: read with the data set's channels,
         pre-processed (no augmentation), ``float32 [C, H, W]`` in ``[0, 1]``. Raises
         :class:`DataError` (one sentence) for a file that cannot be read."""
-        image = preprocess_image(path, self.channels, self.pipeline, self.checks.pixel_limit)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        return as_tensor(preprocess_image(path, self.channels, self.pipeline, self.checks.pixel_limit))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

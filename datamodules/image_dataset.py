@@ -52,10 +52,7 @@ class ImageDataset(Dataset):
             image = preprocess_image(path, self.channels, self.preprocess, self.max_pixels)
         if self.augment is not None:
             image = np.clip(self.augment(image=image)["image"], 0.0, 1.0)
-        if image.ndim == 2:
-            image = image[:, :, None]
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-        return {"image": tensor, "label": self.labels[index], "path": self.paths[index]}
+        return {"image": as_tensor(image), "label": self.labels[index], "path": self.paths[index]}
 
 
 def preprocess_image(path: str, channels: int, preprocess: Transform | None,
@@ -67,6 +64,13 @@ def preprocess_image(path: str, channels: int, preprocess: Transform | None,
     if preprocess is not None:
         image = preprocess(image=image)["image"]
     return image[:, :, None] if image.ndim == 2 else image
+
+
+def as_tensor(image: np.ndarray) -> torch.Tensor:
+    """A ``float32 [H, W, C]`` (or ``[H, W]``) image as the model's ``float32 [C, H, W]``."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
 
 def reseed_augmentation_in_worker(worker_id: int) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from medrepro.core.errors import DataError
-from medrepro.datamodules.image_dataset import preprocess_image
+from medrepro.datamodules.image_dataset import as_tensor, preprocess_image
 
 
 class UnlabelledImages(Dataset):
@@ -33,8 +32,7 @@ class UnlabelledImages(Dataset):
             image = preprocess_image(path, self.channels, self.preprocess, self.max_pixels)
         except (DataError, OSError, ValueError) as error:
             return {"image": None, "path": path, "error": _reason(error)}
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-        return {"image": tensor, "path": path, "error": None}
+        return {"image": as_tensor(image), "path": path, "error": None}
 
 
 def collate_readable(items: list[dict]) -> dict:

@@ -14,7 +14,6 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -25,7 +24,7 @@ from medrepro.core.distributed import is_first_process
 from medrepro.core.run_folder import PREDICTIONS_CSV, write_atomic
 from medrepro.core.saliency_overlay import overlay_on_original, save_png
 from medrepro.datamodules.data_settings import LoaderSettings, settings_from
-from medrepro.datamodules.image_dataset import preprocess_image
+from medrepro.datamodules.image_dataset import as_tensor, preprocess_image
 from medrepro.datamodules.sources.input_files import input_files
 from medrepro.datamodules.transforms.image_reader import DEFAULT_MAX_IMAGE_PIXELS, read_image
 from medrepro.datamodules.unlabelled_images import UnlabelledImages, collate_readable
@@ -60,17 +59,16 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     if not is_first_process():
         return {}
     table, unreadable = _tables(batches, trained)
+    if cfg.predict.saliency and len(table):
+        table["saliency"] = write_saliency(trained, table, output_dir / SALIENCY_FOLDER,
+                                           cfg.predict.get("target_layer"), max_pixels,
+                                           loader_settings.batch_size)
     write_atomic(output_dir / PREDICTIONS_CSV, table.to_csv(index=False))
     if unreadable:
         write_atomic(output_dir / UNREADABLE_CSV,
                      pd.DataFrame(unreadable, columns=["path", "reason"]).to_csv(index=False))
         log.warning("Skipped %d file(s) that cannot be read; %s lists them with the reason.",
                     len(unreadable), output_dir / UNREADABLE_CSV)
-    if cfg.predict.saliency and len(table):
-        paths = write_saliency(trained, table, output_dir / SALIENCY_FOLDER,
-                               cfg.predict.get("target_layer"), max_pixels, loader_settings.batch_size)
-        table["saliency"] = paths
-        write_atomic(output_dir / PREDICTIONS_CSV, table.to_csv(index=False))
     log.info("Predictions of %d image(s): %s", len(table), (output_dir / PREDICTIONS_CSV).resolve())
     return {"predicted": float(len(table)), "unreadable": float(len(unreadable))}
 
@@ -100,11 +98,8 @@ def write_saliency(trained: TrainedModel, table: pd.DataFrame, folder: Path,
     written = []
     for start in range(0, len(table), batch_size):
         rows = table.iloc[start:start + batch_size]
-        images = torch.stack([
-            torch.from_numpy(np.ascontiguousarray(
-                preprocess_image(p, trained.channels, pipeline, max_pixels).transpose(2, 0, 1),
-                dtype=np.float32))
-            for p in rows["path"]])
+        images = torch.stack([as_tensor(preprocess_image(p, trained.channels, pipeline, max_pixels))
+                              for p in rows["path"]])
         maps = grad_cam_maps(trained.classifier, images, [index[c] for c in rows["predicted"]],
                              target_layer)
         for path, cam, name in zip(rows["path"], maps, names[start:start + batch_size]):
