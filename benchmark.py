@@ -3,7 +3,9 @@ alternatives, and the cache build with 1 and N worker processes: `python benchma
 [--quick] [--out FILE]`; only the cache build: `python benchmark.py --cache-build`; the
 duplicate grouping of many images: `python benchmark.py --grouping [--images N]`; the
 calibration of the copy threshold on the real sample images: `python benchmark.py
---similarity` (see README.md, "Performance")."""
+--similarity`; medrepro beside Keras 3 (TensorFlow), the studies' own stack: `python
+benchmark.py --against keras [--model inception_v3|xception|vgg16] [--image-size N]`
+(see README.md, "Performance")."""
 
 import argparse
 import json
@@ -30,6 +32,15 @@ def main() -> int:
     parser.add_argument("--model", help="timm model of the training benchmark")
     parser.add_argument("--image-size", type=int, help="training benchmark image size")
     parser.add_argument("--batch-size", type=int, help="training benchmark batch size")
+    parser.add_argument("--rounds", type=int,
+                        help="rounds of the training benchmark and of --against (best counts)")
+    parser.add_argument("--against", choices=["keras"],
+                        help="only medrepro beside Keras 3 on TensorFlow (the bench extra): "
+                             "training and inference, float32 and each side's default "
+                             "precision; --model inception_v3 (default), xception or vgg16; "
+                             "--image-size (default 224, 96 with --quick)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads of both stacks with --against (default 1)")
     parser.add_argument("--grouping", action="store_true",
                         help="only the duplicate grouping of many generated images")
     parser.add_argument("--images", type=int,
@@ -40,6 +51,12 @@ def main() -> int:
                         help="only the cache build's images per second with 1 worker process "
                              "and with one per core")
     options = parser.parse_args()
+    if options.against:
+        try:
+            return against_keras(options)
+        except UserError as error:
+            print(error, file=sys.stderr)
+            return 1
     if options.cache_build:
         return cache_build(options)
     if options.grouping or options.similarity:
@@ -88,6 +105,30 @@ def duplicates(options: argparse.Namespace) -> int:
     print("\n\n".join(tables))
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nResults written to {out} ({', '.join(figures)})")
+    return 0
+
+
+def against_keras(options: argparse.Namespace) -> int:
+    """--against keras: print the comparison and add it to the JSON file ``--out`` (under
+    ``against_keras``, one entry per model and image size), keeping what else it holds."""
+    from benchmarks.harness.against_keras import (
+        KerasComparison,
+        format_against_keras,
+        run_against_keras,
+    )
+
+    changes = {f.name: getattr(options, f.name) for f in fields(KerasComparison)
+               if getattr(options, f.name, None) is not None}
+    settings = (KerasComparison.quick(**changes) if options.quick
+                else KerasComparison(**changes))
+    figures = run_against_keras(settings, log=lambda m: print(m, file=sys.stderr))
+    print(format_against_keras(figures))
+    out = Path(options.out)
+    results = _existing(out)
+    key = f"{figures['settings']['model']}_{figures['settings']['image_size']}px"
+    results.setdefault("against_keras", {})[key] = figures
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nResults written to {out} (against_keras: {key})")
     return 0
 
 

@@ -13,6 +13,7 @@ import torch
 
 from medrepro.core.checkpoint_epochs import epochs_ended
 from medrepro.core.environment import device_description, package_versions
+from medrepro.core.precision import AUTO, choose_precision
 from medrepro.core.run_folder import METRICS_CSV, RESULTS_JSON, is_inside, now, write_results
 
 
@@ -48,10 +49,12 @@ class ResultsJSON(pl.Callback):
         if "started_at" not in self.results:
             self.results["started_at"] = now()
             self.results["versions"] = package_versions()
-            self.results["device"] = device_description(type(trainer.accelerator).__name__
-                                                        .replace("Accelerator", "").lower())
+            accelerator = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+            self.results["device"] = device_description(accelerator)
             self.results["resources"] = _job_resources()
             self.results["precision"] = str(trainer.precision)
+            self.results["precision_reason"] = _precision_reason(
+                trainer, accelerator, self.results.get("config"))
             self.results["batch_size"] = _batch_size(trainer, self.results.get("config"))
             self.results["data"] = _data_facts(trainer.datamodule)
             self.write(trainer)
@@ -154,6 +157,19 @@ def _epoch_seconds(metrics_csv: Path) -> list[float]:
         return []
     history = pd.read_csv(metrics_csv)
     return [float(s) for s in history["epoch_seconds"]] if "epoch_seconds" in history else []
+
+
+def _precision_reason(trainer: pl.Trainer, accelerator: str, config: dict | None) -> str | None:
+    """Why the run has its precision: the configured value, or what ``auto`` chose on this
+    hardware (medrepro.core.precision); ``None`` without the run's configuration, or when the
+    trainer was built with another precision than ``auto`` chooses here."""
+    if config is None:
+        return None
+    requested = (config.get("trainer") or {}).get("precision") or AUTO
+    choice = choose_precision(requested, accelerator)
+    if requested == AUTO and str(choice.precision) != str(trainer.precision):
+        return None
+    return choice.reason
 
 
 def _batch_size(trainer: pl.Trainer, config: dict | None) -> dict[str, int | None]:

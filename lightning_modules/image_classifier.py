@@ -128,7 +128,7 @@ class ImageClassifier(pl.LightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         metrics = self.stage_metrics[f"{stage}_metrics"]
-        if metrics.loss.update_count == 0:
+        if not metrics.has_updates():
             return  # e.g. the sanity check ran no batch of this stage
         values, confusion = metrics.compute()
         prog_bar = {"loss", "acc", "auroc"} if stage != "train" else {"loss"}

@@ -1,5 +1,4 @@
-"""Every metric the papers report, as torchmetrics updated on the device per batch and
-read once per epoch.
+"""Every metric the papers report, as torchmetrics on the device, read once per epoch.
 
 Binary tasks (two classes) score the probability of the positive class (label 1) with
 a decision threshold (0.5 by default): accuracy, precision, recall (sensitivity), F1,
@@ -21,7 +20,13 @@ from medrepro.core.run_folder import class_key
 
 
 class ClassificationMetrics(nn.Module):
-    """Stateful metrics of one stage (train, val or test)."""
+    """Stateful metrics of one stage (train, val or test).
+
+    :meth:`update` only keeps each batch's (on-device) tensors; the metrics take them all at
+    once, in one update, when :meth:`compute` is called. Updating a dozen torchmetrics per
+    batch cost 0.6 ms of Python per batch, 1 % of an inference step of InceptionV3 at 96 px
+    on one CPU thread; the values are the same (sums and concatenations in another order).
+    """
 
     def __init__(self, class_names: list[str], threshold: float = 0.5) -> None:
         super().__init__()
@@ -62,6 +67,7 @@ class ClassificationMetrics(nn.Module):
         self.loss = MeanMetric(nan_strategy="disable")
         self.confusion = tmc.MulticlassConfusionMatrix(n, **checks)
         self.keys = [class_key(name) for name in self.class_names]
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def predicted_labels(self, probabilities: torch.Tensor) -> torch.Tensor:
         if self.binary:
@@ -70,8 +76,21 @@ class ClassificationMetrics(nn.Module):
 
     @torch.no_grad()
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        """``probabilities``: ``[B, C]``; ``target``: ``[B]`` integer labels."""
-        target = target.long()
+        """``probabilities``: ``[B, C]``; ``target``: ``[B]`` integer labels; ``loss``: the
+        batch's mean loss (counted once per image)."""
+        self._pending.append((probabilities.detach(), target.long(),
+                              loss.detach().expand(target.numel())))
+
+    def has_updates(self) -> bool:
+        """Whether any batch was given since the last :meth:`reset`."""
+        return bool(self._pending) or self.loss.update_count > 0
+
+    @torch.no_grad()
+    def _take_pending(self) -> None:
+        if not self._pending:
+            return
+        probabilities, target, losses = (torch.cat(parts) for parts in zip(*self._pending))
+        self._pending = []
         scores = probabilities[:, 1] if self.binary else probabilities
         self.summary.update(scores, target)
         predicted = self.predicted_labels(probabilities)
@@ -80,10 +99,11 @@ class ClassificationMetrics(nn.Module):
         one_hot = nn.functional.one_hot(target, len(self.class_names)).to(probabilities.dtype)
         self.mse.update(probabilities, one_hot)
         # weighted by batch size as one value per image (nan_strategy='disable' drops weights)
-        self.loss.update(loss.detach().expand(target.numel()))
+        self.loss.update(losses)
 
     def compute(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Scalar metrics by name, and the confusion matrix."""
+        self._take_pending()
         values = dict(self.summary.compute())
         values["mse"] = self.mse.compute()
         values["loss"] = self.loss.compute()
@@ -93,5 +113,6 @@ class ClassificationMetrics(nn.Module):
         return values, self.confusion.compute()
 
     def reset(self) -> None:
+        self._pending = []
         for metric in (self.summary, self.per_class, self.mse, self.loss, self.confusion):
             metric.reset()

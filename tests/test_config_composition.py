@@ -15,6 +15,7 @@ import hydra
 import pytest
 import torch
 from conftest import CONFIG_DIR, TINY_DEMO, compose_config, write_gray
+from native_bf16 import cpu_runs_bf16_natively
 from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -244,8 +245,10 @@ def test_combination_composes_and_builds(choice, tmp_path, data_roots, demo_dir)
         # SyncBatchNorm runs on GPUs only: dropped (with a warning) when the trainer lands on the CPU
         expected = "TorchSyncBatchNorm" if torch.cuda.is_available() else "NoneType"
         assert type(trainer.strategy._layer_sync).__name__ == expected
-    if not torch.cuda.is_available():
-        assert isinstance(trainer.accelerator, CPUAccelerator) and trainer.precision == "32-true"
+    if not torch.cuda.is_available():  # auto: bfloat16 where oneDNN computes in it natively
+        native = "bf16-mixed" if cpu_runs_bf16_natively() else "32-true"
+        expected = native if cfg.trainer.precision == "auto" else cfg.trainer.precision
+        assert isinstance(trainer.accelerator, CPUAccelerator) and trainer.precision == expected
     elif wants_gpu or cfg.trainer.accelerator == "auto":
         assert trainer.precision in ("bf16-mixed", "16-mixed")
     for reason in not_checked:

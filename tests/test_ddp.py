@@ -133,9 +133,10 @@ def single_process(ddp_job, demo_dir, tmp_path_factory):
     datamodule.prepare_data()
     model = build_model(cfg, datamodule.find_classes(), datamodule.model_channels)
     datamodule.setup("test")
+    # in the job's precision (trainer.precision=auto: bf16-mixed on a CPU with native bf16)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[TestPredictions(str(folder))],
-                         default_root_dir=str(folder))
+                         default_root_dir=str(folder), precision=results["precision"])
     validated = trainer.validate(model, datamodule=datamodule, ckpt_path=str(checkpoint),
                                  weights_only=True, verbose=False)[0]
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=str(checkpoint),

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from conftest import REPO
+from native_bf16 import cpu_runs_bf16_natively
 
 
 @pytest.mark.slow
@@ -21,4 +22,6 @@ def test_default_run_learns_the_demo_data(tmp_path):
     assert results["config"]["model"]["name"] == "inception_v3"
     assert results["data"]["name"].startswith("demo_")
     assert results["test"]["auroc"] >= 0.9, results["test"]
+    if results["device"]["accelerator"] == "cpu":  # in bfloat16 where the CPU has it natively
+        assert results["precision"] == ("bf16-mixed" if cpu_runs_bf16_natively() else "32-true")
     assert "test/auroc" in done.stdout  # the table of test metrics is printed

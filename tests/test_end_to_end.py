@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, TINY_RUN, TINY_TRAINING, compose_config
+from native_bf16 import cpu_runs_bf16_natively
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -48,7 +49,9 @@ def test_results_json_is_complete_and_consistent_with_predictions(finished_run):
     assert results["config"]["model"]["name"] == "inception_v3"
     assert results["config"]["trainer"]["batch_size"] == 4
     assert results["versions"]["torch"] == torch.__version__.split("+")[0]
-    assert results["device"]["accelerator"] == "cpu" and results["precision"] == "32-true"
+    # trainer.precision=auto: bfloat16 where oneDNN computes in it natively
+    expected_precision = "bf16-mixed" if cpu_runs_bf16_natively() else "32-true"
+    assert results["device"]["accelerator"] == "cpu" and results["precision"] == expected_precision
     assert results["data"]["classes"] == ["NORMAL", "PNEUMONIA"]
     assert results["data"]["positive_class"] == "PNEUMONIA"
     assert results["seconds_per_epoch"] > 0 and results["epochs_run"] == 1

@@ -269,6 +269,7 @@ def test_the_tests_and_benchmarks_need_only_declared_and_dev_packages(pyproject)
     files = [*_source_files("tests", ".py"), *_source_files("benchmarks", ".py"), REPO / "benchmark.py"]
     local = {"medrepro", "benchmarks", "conftest", *(p.stem for p in _source_files("tests", ".py"))}
     extras = pyproject["project"]["optional-dependencies"]
+    # dev includes medrepro[scale]; bench (Keras, TensorFlow) is the --against keras benchmark's
     declared = {_distribution(r) for r in [*pyproject["project"]["dependencies"], *extras["dev"],
-                                           *extras["scale"]]}  # dev includes medrepro[scale]
+                                           *extras["scale"], *extras["bench"]]}
     assert _undeclared(_distributions_of(_third_party_imports(files, local)), declared) == {}

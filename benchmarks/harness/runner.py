@@ -42,6 +42,7 @@ class Settings:
     warmup: int = 3
     steps: int = 12
     rounds: int = 3
+    paired_rounds: int = 6  # both loops in one process, alternating (the loops' comparison)
     memory_images: int = 5000
     memory_image_size: int = 224
     cache_images_per_core: int = 200  # the cache build's images: this many per core
@@ -49,7 +50,7 @@ class Settings:
     @classmethod
     def quick(cls, **changes) -> Settings:
         return cls(**{"data_seconds": 1.0, "warmup": 2, "steps": 4, "rounds": 1,
-                      "cache_images_per_core": 60, **changes})
+                      "paired_rounds": 2, "cache_images_per_core": 60, **changes})
 
     def resolved(self, device: str) -> Settings:
         gpu = device == "cuda"
@@ -58,9 +59,11 @@ class Settings:
                            "batch_size": self.batch_size or (64 if gpu else 8)})
 
 
-def run_task(name: str, arguments: dict, one_core: bool = False) -> dict:
-    """Run :mod:`benchmarks.harness.task` ``name`` in a fresh Python process."""
-    env = {**os.environ}
+def run_task(name: str, arguments: dict, one_core: bool = False,
+             env: dict[str, str] | None = None) -> dict:
+    """Run :mod:`benchmarks.harness.task` ``name`` in a fresh Python process (with the
+    environment variables ``env`` added)."""
+    env = {**os.environ, **(env or {})}
     if one_core:
         env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     done = subprocess.run(
@@ -146,7 +149,12 @@ def run_benchmark(settings: Settings, log=print) -> dict:
                 log(f"training and inference: {name} loop, round {round_number + 1} ...")
                 loops[name].append(
                     run_task(task, loop_arguments, one_core=device == "cpu"))
-        results["training"] = [_best_round(rounds) for rounds in loops.values()]
+        results["training"] = [best_round(rounds) for rounds in loops.values()]
+        log(f"training and inference: both loops in one process, {settings.paired_rounds} "
+            "alternating rounds ...")
+        results["paired"] = run_task("paired_loops", {**loop_arguments,
+                                                      "rounds": settings.paired_rounds},
+                                     one_core=device == "cpu")
 
         log(f"memory: a data module with {settings.memory_images} cached images ...")
         folder = many_small_images(images, scratch / "many", settings.memory_images,
@@ -174,14 +182,16 @@ def measure_cache_building(settings: Settings, scratch: Path, log=print) -> dict
                                     f"resized to {SIZE} px")
 
 
-def _best_round(rounds: list[dict]) -> dict:
-    """One loop's results over its rounds: the best throughput of each kind, the largest
-    memory, and every round's figures."""
+def best_round(rounds: list[dict]) -> dict:
+    """One loop's results over its rounds (processes): the best throughput of each kind, by
+    the wall clock and by CPU time, the largest memory, and every round's figures."""
     best = dict(rounds[0])
-    for key in ("train_images_per_s", "inference_images_per_s"):
-        best[key] = max(r[key] for r in rounds)
-        best[key.replace("images_per_s", "rounds")] = [x for r in rounds
-                                                      for x in r[key.replace("images_per_s",
-                                                                             "rounds")]]
+    for kind in ("train", "inference"):
+        for clock in ("", "cpu_"):
+            if f"{kind}_images_per_{clock}s" in best:
+                best[f"{kind}_images_per_{clock}s"] = max(r[f"{kind}_images_per_{clock}s"]
+                                                          for r in rounds)
+                best[f"{kind}_{clock}rounds"] = [x for r in rounds
+                                                 for x in r[f"{kind}_{clock}rounds"]]
     best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
     return best

@@ -18,6 +18,8 @@ TASKS = {
     "cache_build": "benchmarks.harness.cache_build:measure_cache_build",
     "lightning_loop": "benchmarks.harness.training_loop:measure_lightning",
     "plain_loop": "benchmarks.harness.training_loop:measure_plain_loop",
+    "paired_loops": "benchmarks.harness.training_loop:measure_paired",
+    "keras_loop": "benchmarks.harness.keras_loop:measure_keras",
 }
 RESULT_PREFIX = "BENCHMARK-RESULT "
 

@@ -286,8 +286,9 @@ def _reproduce(results, command: str) -> list[str]:
     device = results.get("device") or {}
     listed = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
     where = device.get("gpu") or device.get("accelerator") or "?"
+    reason = f" ({results['precision_reason']})" if results.get("precision_reason") else ""
     return ["## Reproduce", "", "```", command, "```", "",
-            (f"Versions: {listed}. Device: {where}; precision {results.get('precision', '?')}; "
+            (f"Versions: {listed}. Device: {where}; precision {results.get('precision', '?')}{reason}; "
             f"seed {(results.get('config') or {}).get('seed')}."), ""]
 
 

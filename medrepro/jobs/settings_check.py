@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medrepro.core.distributed import processes_per_job
 from medrepro.core.errors import ConfigError
+from medrepro.core.precision import resolve_precision
 from medrepro.jobs.resume import is_multirun
 from medrepro.lightning_modules.backbone import check_input_size, check_model_name, weights_file
 
@@ -64,6 +65,7 @@ def check_settings(cfg: DictConfig) -> str:
     _check_training_length(cfg.trainer)
     _check_processes_in_multirun(cfg.trainer)
     _check_optimizer(cfg.optimizer)
+    _check_fused_optimizer_clipping(cfg)
     _check_model(cfg.model, cfg.data)
     _check_optimized_metric(cfg.get("optimized_metric"))
     return _test_checkpoint_setting(cfg)
@@ -180,6 +182,19 @@ def _check_optimizer(optimizer: DictConfig) -> None:
     ):
         raise ConfigError(
             f"optimizer.betas must be two numbers from 0 to below 1, such as [0.9,0.999], not {_text(betas)}."
+        )
+
+
+def _check_fused_optimizer_clipping(cfg: DictConfig) -> None:
+    """Lightning refuses gradient clipping with a fused optimizer under float16 loss scaling
+    (``16-mixed``, older GPUs); said before the data are read rather than at the first step."""
+    trainer = cfg.trainer
+    if not (trainer.get("gradient_clip_val") and cfg.optimizer.get("fused")):
+        return
+    if resolve_precision(trainer.get("precision"), trainer.get("accelerator")) in ("16-mixed", 16, "16"):
+        raise ConfigError(
+            "trainer.gradient_clip_val cannot be used with a fused optimizer under 16-mixed "
+            "precision: add optimizer.fused=false (or trainer.precision=bf16-mixed or 32-true)."
         )
 
 

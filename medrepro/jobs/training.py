@@ -18,7 +18,7 @@ from medrepro.callbacks.checkpointing import AtomicCheckpointIO
 from medrepro.callbacks.progress_bar import EpochProgressBar
 from medrepro.core.distributed import is_first_process, uses_gpus
 from medrepro.core.errors import ConfigError
-from medrepro.core.precision import resolve_precision
+from medrepro.core.precision import choose_precision
 from medrepro.datamodules.audit.preflight import check_before_training
 from medrepro.jobs.job_steps import FIRST_STEP, enter_step
 from medrepro.jobs.loggers import with_loggers
@@ -124,7 +124,10 @@ def build_trainer(cfg: DictConfig, callbacks, logger, output_dir: Path) -> pl.Tr
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key in TRAINER_KEYS_NOT_FOR_LIGHTNING:
         settings.pop(key, None)
-    settings["precision"] = resolve_precision(settings.get("precision"), settings.get("accelerator"))
+    choice = choose_precision(settings.get("precision"), settings.get("accelerator"))
+    settings["precision"] = choice.precision
+    if is_first_process():
+        log.info("Precision %s (%s)", choice.precision, choice.reason)
     if settings.get("benchmark") == "auto":  # cudnn.benchmark unless results must be reproducible
         settings["benchmark"] = not settings.get("deterministic")
     bar_given = any(isinstance(c, ProgressBar) for c in callbacks)
