@@ -42,6 +42,7 @@ from medrepro.datamodules.image_dataset import (
     preprocess_image,
     reseed_augmentation_in_worker,
 )
+from medrepro.datamodules.splitting.kfold import KFOLD, check_fold_settings
 from medrepro.datamodules.splitting.split import MANIFEST_COLUMNS, make_split, split_counts
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         variant: which version of the data set's images (covid3: ``cxr`` or ``enh``),
             recorded in results.json.
         split: ``mode``, ``counts``, ``ratios``, ``group_by_patient``,
-            ``group_duplicates``, ``seed`` (see :mod:`medrepro.datamodules.splitting.split`).
+            ``group_duplicates``, ``seed``, and with ``mode=kfold`` ``folds`` and ``fold``
+            (see :mod:`medrepro.datamodules.splitting.split`; the folds are checked here).
         duplicates: ``candidate_distance``, ``min_similarity``,
             ``exclude_conflicting_labels``: which images are copies of one another
             (:class:`DuplicateSettings`); every file is inspected before splitting, so
@@ -127,6 +129,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.channels = channels
         self.image_size = image_size
         self.split_settings = dict(split or {})
+        check_fold_settings(self.split_mode, self.split_settings.get("folds", 5),
+                            self.split_settings.get("fold"))
         self.preprocess = settings_from(PreprocessSettings, preprocess, "data.preprocess")
         self.pipeline = self.preprocess.pipeline(channels)
         self.augment = augment
@@ -146,6 +150,11 @@ class ClassificationDataModule(pl.LightningDataModule):
     def model_channels(self) -> int:
         """Channels of the images the model sees (3 with the ENH enhancement)."""
         return self.preprocess.model_channels(self.channels)
+
+    @property
+    def split_mode(self) -> str:
+        """``data.split.mode``."""
+        return self.split_settings.get("mode", "ratios")
 
     @property
     def num_classes(self) -> int:
@@ -375,7 +384,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         if self.manifest is None:
             return {}
         grouped = bool(self.split_settings.get("group_by_patient", False))
-        mode = self.split_settings.get("mode", "ratios")
+        mode = self.split_mode
+        kfold = mode == KFOLD
         classes = list(self.class_names)
         return {
             "name": self.name,
@@ -387,6 +397,9 @@ class ClassificationDataModule(pl.LightningDataModule):
             "model_channels": self.model_channels,
             "image_size": self.image_size,
             "split_mode": mode,
+            # k-fold cross-validation: the fold validated on (0-based) and the number of folds
+            "fold": self.split_settings.get("fold") if kfold else None,
+            "folds": self.split_settings.get("folds") if kfold else None,
             "group_by_patient": grouped,
             "patient_leakage_possible": None if mode == "given" else not grouped,
             "split_counts": split_counts(self.manifest).to_dict(orient="index"),

@@ -14,9 +14,13 @@ Modes:
   each for val and test, 9 for train; 30 images: 4.5 -> 4, 22 for train);
 * ``paper``: the published study's own split, which a data set's config states in
   ``split.paper`` as ``{counts: {...}}`` or ``{ratios: {...}}``; all images are pooled
-  and re-split to it (Kaggle pneumonia: studies 3 and 4's 790/2,140, 593/1,833, 200/300).
+  and re-split to it (Kaggle pneumonia: studies 3 and 4's 790/2,140, 593/1,833, 200/300);
+* ``kfold``: k-fold cross-validation (``folds``, ``fold``): the test split that ``ratios``
+  makes is held out, and the other images are partitioned into ``folds`` stratified,
+  grouped folds, of which ``fold`` is val and the rest train
+  (:mod:`medrepro.datamodules.splitting.kfold`).
 
-``counts`` and ``ratios`` are stratified (targets are set per class) and seeded. Images
+``counts``, ``ratios`` and ``kfold`` are stratified (targets are set per class) and seeded. Images
 that must not be separated form one group: with ``group_by_patient`` all images of a
 patient, and with ``group_duplicates`` (the default, in every mode) the copies of one image
 that ``links`` names (identical bytes or pixels, confirmed near duplicates: see
@@ -43,9 +47,10 @@ import pandas as pd
 from medrepro.core.errors import ConfigError, DataError
 from medrepro.core.records import SPLITS, ImageRecord
 from medrepro.datamodules.audit.duplicate_relation import component_labels
+from medrepro.datamodules.splitting.kfold import KFOLD, assign_folds, check_fold_settings
 
 log = logging.getLogger(__name__)
-MODES = ("given", "counts", "ratios", "paper")
+MODES = ("given", "counts", "ratios", "paper", KFOLD)
 UNUSED = "unused"
 MANIFEST_COLUMNS = ["path", "label", "patient_id", "split"]
 
@@ -61,14 +66,19 @@ def make_split(
     paper: Mapping | None = None,
     group_duplicates: bool = True,
     links: Sequence[tuple[str, str]] = (),
+    folds: int = 5,
+    fold: int | None = None,
 ) -> pd.DataFrame:
     """Assign every record to ``train``, ``val``, ``test`` (or ``unused``).
 
     With ``ratios``, val and test get ``fraction * n`` images of each class of ``n``,
     rounded to the nearest whole number (an exact half to the even one), and train the
-    rest; the module docstring has examples."""
+    rest; the module docstring has examples. With ``kfold``, the test split is the one
+    ``ratios`` makes, and ``fold`` (0 to ``folds - 1``) of the stratified, grouped folds
+    of the other images is val."""
     if mode not in MODES:
         raise ConfigError(f"data.split.mode must be one of {', '.join(MODES)}, not '{mode}'.")
+    check_fold_settings(mode, folds, fold)
     published = mode == "paper"
     if published:
         mode, counts, ratios = _paper_split(paper)
@@ -104,6 +114,10 @@ def make_split(
         frame["split"] = _assign_groups(
             frame["label"], groups, targets, class_names, seed, allow_unused=mode == "counts"
         )
+        if mode == KFOLD:  # only the test split is a target: the folds share the rest
+            test = (frame["split"] == "test").to_numpy()
+            frame["split"] = assign_folds(frame["label"], groups, test, folds, fold, seed)
+            targets = {"test": targets["test"]}
         shortfall = _shortfall(frame, targets, class_names)
     manifest = frame[MANIFEST_COLUMNS].copy()
     manifest.attrs["shortfall"] = shortfall
@@ -265,10 +279,11 @@ def _assign_groups(labels, groups, targets, class_names, seed, allow_unused) -> 
 
 
 def _shortfall(frame: pd.DataFrame, targets, class_names) -> list[dict]:
-    """Every split and class whose count differs from its target (logged)."""
+    """Every split and class whose count differs from its target (logged); ``targets``
+    may name only some of the splits."""
     table = split_counts(frame)
     differences = []
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in targets):
         for name in class_names:
             got = int(table.loc[split, name]) if split in table.index and name in table else 0
             if got != targets[split][name]:
