@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from medrepro.core.run_folder import CHECKPOINT_SECTION
+
 # checkpoint[CHECKPOINT_KEY] = {"config": the run's resolved configuration (plain data:
-# loadable with torch.load(weights_only=True)), "format": 1}
-CHECKPOINT_KEY = "medrepro"
+# loadable with torch.load(weights_only=True)), "format": 1}; the tested checkpoint also gets
+# the operating point chosen on validation (callbacks/operating_point.py)
+CHECKPOINT_KEY = CHECKPOINT_SECTION
 
 
 class TrainingConfigInCheckpoint(pl.Callback):

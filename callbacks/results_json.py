@@ -23,9 +23,15 @@ class ResultsJSON(pl.Callback):
     it resumed from (``resumed_from``: file and epoch). Rewritten after every stage, with
     ``status`` ``running`` until the test stage has ended, then ``completed``.
 
+    ``operating_point`` (the decision threshold, its rule and where it was chosen, with the
+    validation sensitivity and specificity at it; ``None`` for a multi-class task) and
+    ``calibration`` (method, temperature, ECE, MCE and Brier score before and after it on
+    the validation and test sets) are the module's public attributes of the same names,
+    recorded once the tested checkpoint is validated and again once it is tested.
+
     Everything comes from explicit interfaces, never from another callback: the trainer's
-    logged metrics and checkpoint callback, the module's ``class_names`` and
-    ``confusion_matrices``, the data module, and the run folder's ``metrics.csv`` (read in
+    logged metrics and checkpoint callback, the module's ``class_names``,
+    ``confusion_matrices``, ``operating_point`` and ``calibration``, the data module, and the run folder's ``metrics.csv`` (read in
     ``on_fit_end``, once every callback's ``on_train_end`` has written it).
 
     ``batch_size`` records how many images one optimizer step sees: ``per_process`` (the
@@ -88,6 +94,7 @@ class ResultsJSON(pl.Callback):
         if trainer.state.fn == "validate":
             self.results["val"] = _stage_metrics(trainer, "val")
             self._confusion(pl_module, "val")
+            self._operating_point(pl_module)
             self.results["tested_checkpoint"] = self._tested_checkpoint(trainer)
             self.write(trainer)
 
@@ -95,6 +102,7 @@ class ResultsJSON(pl.Callback):
         self.results["tested_checkpoint"] = self._tested_checkpoint(trainer)
         self.results["test"] = _stage_metrics(trainer, "test")
         self._confusion(pl_module, "test")
+        self._operating_point(pl_module)
         self.results["status"] = "completed"
         self.results["finished_at"] = now()
         self.results["total_seconds"] = round(time.perf_counter() - self._started, 1)
@@ -136,6 +144,11 @@ class ResultsJSON(pl.Callback):
                 "classes": list(pl_module.class_names),
                 "rows_true_columns_predicted": matrix,
             }
+
+    def _operating_point(self, pl_module: pl.LightningModule) -> None:
+        for key in ("operating_point", "calibration"):
+            if hasattr(pl_module, key):
+                self.results[key] = getattr(pl_module, key)
 
     def write(self, trainer: pl.Trainer) -> None:
         if trainer.is_global_zero:

@@ -1,4 +1,6 @@
-"""``predictions.csv``: every test image with its true label and predicted probabilities."""
+"""``predictions.csv``: every test image with its true label and predicted probabilities;
+``val_predictions.csv``: the same for the validation images, predicted by the tested
+checkpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import pytorch_lightning as pl
 import torch
 
 from medrepro.core.distributed import gather_objects
-from medrepro.core.run_folder import PREDICTIONS_CSV
+from medrepro.core.run_folder import PREDICTIONS_CSV, VAL_PREDICTIONS_CSV
+
+STAGE_FILES = {"test": PREDICTIONS_CSV, "val": VAL_PREDICTIONS_CSV}
 
 
 class TestPredictions(pl.Callback):
@@ -22,21 +26,32 @@ class TestPredictions(pl.Callback):
     the module's ``class_names``. Written at the end of the test epoch, so every callback
     can read the file in ``on_test_end``.
 
+    ``stage="val"`` writes ``val_predictions.csv`` during ``trainer.validate`` (the tested
+    checkpoint; not the validation inside the fit) from the validation step's ``logits``,
+    in ``on_validation_end``: the probabilities and decisions of the module's operating
+    point (:meth:`ImageClassifier.probabilities` and ``predicted_labels``), chosen on these
+    very images in ``on_validation_epoch_end``, as the test stage then applies it.
+
     In a multi-process (DDP) job each process tests its share of the images; the shares
     are gathered and the first process writes every image once, in the order of the data
-    module's test split (``manifest``) when it has one.
+    module's split (``manifest``) when it has one.
     """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, output_dir: str) -> None:
-        self.path = Path(output_dir) / PREDICTIONS_CSV
+    def __init__(self, output_dir: str, stage: str = "test") -> None:
+        if stage not in STAGE_FILES:
+            raise ValueError(f"stage must be one of {', '.join(STAGE_FILES)}, not {stage!r}")
+        self.stage = stage
+        self.path = Path(output_dir) / STAGE_FILES[stage]
         self._batches: list[tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._batches = []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.stage != "test":
+            return
         self._batches.append((
             list(batch["path"]),
             batch["label"].cpu(),
@@ -45,9 +60,34 @@ class TestPredictions(pl.Callback):
         ))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self.stage != "test":
             return
         batches, self._batches = self._batches, []
+        self._write(trainer, pl_module, batches)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._batches = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0):
+        if self.stage != "val" or trainer.state.fn != "validate" or not outputs:
+            return
+        # the logits: the operating point is chosen only once the epoch has ended
+        self._batches.append((list(batch["path"]), batch["label"].cpu(),
+                              outputs["logits"].float().cpu(), None))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stage != "val" or trainer.state.fn != "validate":
+            return
+        batches, self._batches = self._batches, []
+        decided = []
+        for paths, labels, logits, _ in batches:
+            probabilities = pl_module.probabilities(logits).float().cpu()
+            decided.append((paths, labels, probabilities,
+                            pl_module.predicted_labels(probabilities).long().cpu()))
+        self._write(trainer, pl_module, decided)
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list) -> None:
         share = _columns(batches)
         shares = gather_objects(share)  # every process, even one without a batch
         if not trainer.is_global_zero:
@@ -70,7 +110,10 @@ class TestPredictions(pl.Callback):
         frame["predicted"] = [names[i] for i in predicted]
         frame["predicted_index"] = predicted.numpy()
         if len(shares) > 1:
-            frame = _in_split_order(frame, getattr(trainer.datamodule, "manifest", None))
+            # a distributed sampler repeats images to give every process as many
+            frame = frame.drop_duplicates("path").reset_index(drop=True)
+            frame = _in_split_order(frame, getattr(trainer.datamodule, "manifest", None),
+                                    self.stage)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(self.path, index=False)
 
@@ -84,12 +127,12 @@ def _columns(batches: list) -> tuple[list[str], torch.Tensor, torch.Tensor, torc
             torch.cat([b[3] for b in batches]))
 
 
-def _in_split_order(frame: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.DataFrame:
-    """The rows gathered from the processes in the order of the test split (as a
-    single-process job writes them); paths the manifest lacks go last."""
+def _in_split_order(frame: pd.DataFrame, manifest: pd.DataFrame | None, split: str) -> pd.DataFrame:
+    """The rows gathered from the processes in the order of ``split`` (as a single-process
+    job writes them); paths the manifest lacks go last."""
     if manifest is None or "path" not in manifest:
         return frame
-    test = manifest[manifest["split"] == "test"] if "split" in manifest else manifest
+    test = manifest[manifest["split"] == split] if "split" in manifest else manifest
     position = {path: i for i, path in enumerate(test["path"])}
     order = frame["path"].map(position).fillna(len(position))
     return frame.iloc[order.argsort(kind="stable")].reset_index(drop=True)

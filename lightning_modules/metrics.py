@@ -11,6 +11,7 @@ and F1 of every class.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
@@ -32,19 +33,21 @@ class ClassificationMetrics(nn.Module):
         super().__init__()
         self.class_names = list(class_names)
         self.binary = len(class_names) == 2
-        self.threshold = float(threshold)
+        self.set_threshold(threshold)
         n = len(class_names)
         # no input validation: it would read values back to the host (a sync) every update
         checks = {"validate_args": False}
+        # the decision metrics of a binary task take the predicted labels (probability >=
+        # threshold, as the confusion matrix), not torchmetrics' own ``probability > threshold``
         if self.binary:
             summary = {
-                "acc": tmc.BinaryAccuracy(threshold=threshold, **checks),
-                "precision": tmc.BinaryPrecision(threshold=threshold, **checks),
-                "recall": tmc.BinaryRecall(threshold=threshold, **checks),
-                "f1": tmc.BinaryF1Score(threshold=threshold, **checks),
-                "specificity": tmc.BinarySpecificity(threshold=threshold, **checks),
-                "auroc": tmc.BinaryAUROC(**checks),
+                "acc": tmc.BinaryAccuracy(**checks),
+                "precision": tmc.BinaryPrecision(**checks),
+                "recall": tmc.BinaryRecall(**checks),
+                "f1": tmc.BinaryF1Score(**checks),
+                "specificity": tmc.BinarySpecificity(**checks),
             }
+            ranking = {"auroc": tmc.BinaryAUROC(**checks)}
         else:
             summary = {
                 "acc": tmc.MulticlassAccuracy(n, average="micro", **checks),
@@ -52,9 +55,10 @@ class ClassificationMetrics(nn.Module):
                 "recall": tmc.MulticlassRecall(n, average="macro", **checks),
                 "f1": tmc.MulticlassF1Score(n, average="macro", **checks),
                 "specificity": tmc.MulticlassSpecificity(n, average="macro", **checks),
-                "auroc": tmc.MulticlassAUROC(n, average="macro", **checks),
             }
+            ranking = {"auroc": tmc.MulticlassAUROC(n, average="macro", **checks)}
         self.summary = MetricCollection(summary)
+        self.ranking = MetricCollection(ranking)
         self.per_class = MetricCollection(
             {
                 "precision": tmc.MulticlassPrecision(n, average=None, **checks),
@@ -70,9 +74,17 @@ class ClassificationMetrics(nn.Module):
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def predicted_labels(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """``[B]`` class indices: binary, 1 where the positive-class probability is at least
+        the threshold (exactly, for a threshold that is not a float32 number too); else the
+        most probable class."""
         if self.binary:
-            return (probabilities[:, 1] >= self.threshold).long()
+            return (probabilities[:, 1].float() >= self._float32_threshold).long()
         return probabilities.argmax(dim=1)
+
+    def set_threshold(self, threshold: float) -> None:
+        """The decision threshold of the batches computed from now on (binary tasks)."""
+        self.threshold = float(threshold)
+        self._float32_threshold = float32_at_or_above(self.threshold)
 
     @torch.no_grad()
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
@@ -92,8 +104,9 @@ class ClassificationMetrics(nn.Module):
         probabilities, target, losses = (torch.cat(parts) for parts in zip(*self._pending))
         self._pending = []
         scores = probabilities[:, 1] if self.binary else probabilities
-        self.summary.update(scores, target)
         predicted = self.predicted_labels(probabilities)
+        self.summary.update(predicted if self.binary else probabilities, target)
+        self.ranking.update(scores, target)
         self.per_class.update(predicted, target)
         self.confusion.update(predicted, target)
         one_hot = nn.functional.one_hot(target, len(self.class_names)).to(probabilities.dtype)
@@ -104,7 +117,7 @@ class ClassificationMetrics(nn.Module):
     def compute(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Scalar metrics by name, and the confusion matrix."""
         self._take_pending()
-        values = dict(self.summary.compute())
+        values = {**self.summary.compute(), **self.ranking.compute()}
         values["mse"] = self.mse.compute()
         values["loss"] = self.loss.compute()
         for metric, per_class in self.per_class.compute().items():
@@ -114,5 +127,15 @@ class ClassificationMetrics(nn.Module):
 
     def reset(self) -> None:
         self._pending = []
-        for metric in (self.summary, self.per_class, self.mse, self.loss, self.confusion):
+        for metric in (self.summary, self.ranking, self.per_class, self.mse, self.loss,
+                       self.confusion):
             metric.reset()
+
+
+def float32_at_or_above(value: float) -> float:
+    """The smallest float32 number >= ``value``: a float32 probability p is >= ``value``
+    exactly when it is >= this number (so the comparison runs in float32 on any device)."""
+    rounded = np.float32(value)
+    if float(rounded) < value:
+        rounded = np.nextafter(rounded, np.float32(np.inf))
+    return float(rounded)

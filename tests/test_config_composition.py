@@ -28,8 +28,9 @@ from medrepro.jobs.loggers import MLflowRunLogger, with_loggers
 from medrepro.jobs.training import build_callbacks, build_model, build_trainer
 from medrepro.lightning_modules.losses import BinaryCrossEntropy, CrossEntropy, OneHotCrossEntropy
 
-# experiment, debug: tests/test_experiments.py; hparams_search: tests/test_hparams_search.py
-SKIPPED_GROUPS = {"hydra", "paths", "experiment", "debug", "hparams_search"}
+# experiment, debug: tests/test_experiments.py; hparams_search: tests/test_hparams_search.py;
+# cv (a multirun's sweep over the folds): tests/test_kfold.py
+SKIPPED_GROUPS = {"hydra", "paths", "experiment", "debug", "hparams_search", "cv"}
 # options of eval.py's config, not of training's: tests/test_eval.py
 OTHER_COMMANDS_OPTIONS = {"callbacks": {"evaluation"}}
 
@@ -105,7 +106,8 @@ LOGGERS = {"none": [], "csv": [CSVLogger], "tensorboard": [TensorBoardLogger],
 # the callbacks, as conf/callbacks/default.yaml lists them (any order works)
 RUN_FOLDER_CALLBACKS = ["BestAndLastCheckpoint", "EpochHistory", "SplitManifest", "TestPredictions",
                         "ResultsJSON", "RunPlots", "DivergenceGuard", "EpochSeeding",
-                        "TrainingConfigInCheckpoint", "FailureGallery"]
+                        "TrainingConfigInCheckpoint", "FailureGallery",
+                        "TestPredictions", "OperatingPointChoice"]
 CLASSES = {"brain_mri": ["no", "yes"], "cardiomegaly": ["normal", "cardiomegaly"],
            "covid3": ["normal", "pneumonia", "COVID-19"], "pneumonia": ["NORMAL", "PNEUMONIA"],
            "folder": ["cat", "dog"], "demo_brain_mri": ["no", "yes"],

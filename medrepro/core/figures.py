@@ -1,4 +1,5 @@
-"""Figures from a run's files: learning curves, confusion matrix, ROC curves.
+"""Figures from a run's files: learning curves, confusion matrix, ROC curves, reliability
+diagram.
 
 Plain functions of tables (pandas) and arrays, so the run callbacks and the sweep
 report draw the same pictures. ``draw_*`` returns the matplotlib figure, ``plot_*``
@@ -33,6 +34,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, roc_curve
+
+from medrepro.statistics.calibration import calibration_errors, reliability_table
 
 OUTLIER_RATIO = 20.0  # largest loss / median of the other losses above which the axis turns log
 NOTE_WIDTH = 64  # characters a line of the note under a loss axis
@@ -212,6 +215,50 @@ def plot_roc_curves(predictions: pd.DataFrame, class_names: Sequence[str], path:
     axis.legend(loc="lower right")
     axis.grid(alpha=0.3)
     return save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------- reliability diagram
+
+
+def draw_reliability_diagram(truth, curves: Mapping[str, np.ndarray], class_names: Sequence[str],
+                             bins: int = 15, title: str = "") -> Figure:
+    """Observed frequency against mean predicted probability in ``bins`` equal-width bins
+    (:func:`~medrepro.statistics.calibration.reliability_table`), one line per entry of
+    ``curves`` (label -> probabilities ``[N]`` of the positive class or ``[N, C]``, e.g.
+    before and after temperature scaling), each labelled with its ECE; the diagonal is
+    perfect calibration. Under it, the images per bin (whole numbers). Two classes: the
+    positive class's probability against the fraction positive; more: the top-label
+    confidence against the fraction correct."""
+    figure, (axis, counts) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+                                          gridspec_kw={"height_ratios": [3, 1]})
+    axis.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    width = 1.0 / bins / max(len(curves), 1)
+    for index, (label, probabilities) in enumerate(curves.items()):
+        table = reliability_table(truth, probabilities, bins)
+        ece = calibration_errors(truth, probabilities, bins)["ece"]
+        filled = table[table["count"] > 0]
+        line, = axis.plot(filled["mean_confidence"], filled["observed_frequency"], "-o",
+                          markersize=4, label=f"{label} (ECE {ece:.3f})")
+        counts.bar(table["low"] + (index + 0.5) * width, table["count"], width=width,
+                   color=line.get_color(), label=label)
+    binary = len(class_names) == 2
+    axis.set_ylabel(f"observed fraction {class_names[1]}" if binary else "fraction correct")
+    counts.set_xlabel(f"predicted probability of {class_names[1]}" if binary
+                      else "confidence (highest class probability)")
+    counts.set_ylabel("images")
+    counts.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlim(0, 1)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(title or f"reliability diagram ({bins} bins)")
+    axis.legend(loc="lower right", fontsize="small")  # overconfident and wrong: rarely drawn
+    axis.grid(alpha=0.3)
+    counts.grid(alpha=0.3)
+    return figure
+
+
+def plot_reliability_diagram(truth, curves: Mapping[str, np.ndarray], class_names: Sequence[str],
+                             path: str | Path, bins: int = 15, title: str = "") -> Path:
+    return save_figure(draw_reliability_diagram(truth, curves, class_names, bins, title), path)
 
 
 def save_figure(figure, path: str | Path) -> Path:

@@ -22,10 +22,18 @@ from medrepro.core.errors import disk_full_behind
 RESULTS_JSON = "results.json"
 METRICS_CSV = "metrics.csv"
 PREDICTIONS_CSV = "predictions.csv"
+# the validation split predicted by the tested checkpoint (columns as predictions.csv's)
+VAL_PREDICTIONS_CSV = "val_predictions.csv"
 SPLIT_CSV = "split.csv"
 PLOTS_FOLDER = "plots"
 CHECKPOINTS_FOLDER = "checkpoints"
 GALLERY_FOLDER = "gallery"
+REPORT_MD = "report.md"  # the run report (medrepro/jobs/report/run_report.py)
+RELIABILITY_DIAGRAM_PNG = "reliability_diagram.png"  # in PLOTS_FOLDER
+# a checkpoint's own section (checkpoint[CHECKPOINT_SECTION]: the run's "config", and the
+# tested checkpoint's "operating_point": threshold and temperature chosen on validation)
+CHECKPOINT_SECTION = "medrepro"
+OPERATING_POINT_KEY = "operating_point"
 
 
 def write_atomic(path: str | Path, text: str) -> Path:

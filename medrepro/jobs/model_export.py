@@ -3,8 +3,9 @@ TorchScript), and ``model.json``, the card that says what it expects and returns
 
 The exported graph takes the ``[0, 1]`` image (``float32``, NCHW, the training's size and
 channels) and returns class probabilities ``[N, C]``: it includes the normalisation, the
-network and the output activation (sigmoid as ``(1 - p, p)`` for a one-logit binary model,
-softmax otherwise), exactly as :meth:`ImageClassifier.predict_probabilities`. What training
+network, the calibration temperature the training fitted (logits / T; 1 when none) and the
+output activation (sigmoid as ``(1 - p, p)`` for a one-logit binary model, softmax
+otherwise), exactly as :meth:`ImageClassifier.predict_probabilities`. What training
 did *before* the model (reading the file, resizing, cropping, the ENH enhancement) is not
 in the graph: ``model.json`` describes it, step by step, so that the user applies the same.
 
@@ -72,11 +73,14 @@ class ProbabilityModel(nn.Module):
         self.register_buffer("mean", classifier.mean.detach().clone())
         self.register_buffer("std", classifier.std.detach().clone())
         self.activation = classifier.loss  # its probabilities(): the loss's own activation
+        # the calibration temperature the training fitted (1: none), as ImageClassifier.probabilities
+        self.register_buffer("temperature", torch.tensor(float(classifier.temperature)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # as ImageClassifier.forward: channels_last, then the normalisation
         images = images.contiguous(memory_format=torch.channels_last)
-        return self.activation.probabilities(self.backbone((images - self.mean) / self.std))
+        logits = self.backbone((images - self.mean) / self.std)
+        return self.activation.probabilities(logits.float() / self.temperature)
 
 
 def check_format(format: str) -> str:
@@ -243,6 +247,8 @@ def model_card(trained: TrainedModel, format: str, model_path: Path, details: di
         "class_names": classes,
         "positive_class": classes[1] if binary else None,
         "threshold": trained.threshold if binary else None,
+        "operating_point": trained.operating_point,
+        "temperature": trained.temperature,
         "decision": (f"{classes[1]} when probabilities[:, 1] >= {trained.threshold:g}, else "
                      f"{classes[0]}" if binary else "the class of the largest probability"),
         "preprocessing": preprocessing_card(trained),

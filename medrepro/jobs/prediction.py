@@ -83,7 +83,7 @@ def _tables(batches: list[dict], trained: TrainedModel) -> tuple[pd.DataFrame, l
     for index, name in enumerate(names):
         frame[f"prob_{name}"] = probabilities[:, index].numpy()
     frame["predicted"] = [names[i] for i in predicted.tolist()]
-    if len(names) == 2:  # the decision: positive when its probability >= the threshold
+    if len(names) == 2:  # positive when its probability >= the threshold (the training's choice)
         frame["threshold"] = trained.threshold
     return frame, unreadable
 

@@ -5,7 +5,7 @@ the key and a value it takes.
 Checked here: values left at ``???``; ``seed``; ``trainer.max_epochs`` and
 ``trainer.limit_train_batches`` (a run that would not train at all); the optimizer's numbers
 (``optimizer.lr``, ``weight_decay``, ``momentum``, ``eps``, ``alpha``, ``betas``);
-``model.threshold``; ``model.name`` (a timm model), ``data.image_size`` (also against the
+``model.threshold`` (a number or a rule), ``model.calibrate``; ``model.name`` (a timm model), ``data.image_size`` (also against the
 smallest input the model takes) and that ``model.weights`` exists; ``test_checkpoint``;
 a job of several processes (DDP on several devices) in a multirun, outside SLURM tasks;
 and keys under their names before the data keys were grouped (``data.num_workers`` is now
@@ -27,6 +27,8 @@ from medrepro.core.errors import ConfigError
 from medrepro.core.precision import resolve_precision
 from medrepro.jobs.resume import is_multirun
 from medrepro.lightning_modules.backbone import check_input_size, check_model_name, weights_file
+from medrepro.lightning_modules.image_classifier import check_calibration_method
+from medrepro.statistics.operating_point import parse_threshold_rule
 
 TEST_CHECKPOINTS = ("best", "last")
 LARGEST_SEED = 2**32 - 1  # numpy's limit, which Lightning's seed_everything enforces
@@ -202,11 +204,11 @@ def _check_model(model: DictConfig, data: DictConfig) -> None:
     """``model.threshold``, ``data.image_size``, ``model.name`` and ``model.weights``; the
     name and the input size before any data is read or any model is built."""
     threshold = model.get("threshold", 0.5)
-    if not _is_number(threshold) or not 0 < threshold < 1:
-        raise ConfigError(
-            "model.threshold must be a probability between 0 and 1 (both excluded), such as 0.5, "
-            f"not {threshold!r}."
-        )
+    # a number in (0, 1), or a rule (youden, sensitivity@X, specificity@X); a rule on a
+    # multi-class task stops when the model is built (the classes are known then)
+    parse_threshold_rule(threshold if isinstance(threshold, str) or _is_number(threshold)
+                         else _text(threshold))
+    check_calibration_method(model.get("calibrate", "none"))
     size = data.get("image_size")
     if not _is_whole(size) or size < 1:
         raise ConfigError(

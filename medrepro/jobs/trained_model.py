@@ -3,6 +3,10 @@ plain data (``weights_only=True``: a shared file never runs code), the Lightning
 rebuilt from the training run's own configuration, and the pre-processing that training
 used (image size, channels, crop, ENH, normalisation), so that it cannot drift.
 
+The operating point (decision threshold and calibration temperature) that the training
+chose on its validation set travels inside the tested checkpoint (``checkpoint["medrepro"]
+["operating_point"]``) and is applied to the loaded model.
+
 The configuration travels inside every checkpoint medrepro writes (``checkpoint["medrepro"]
 ["config"]``, by :class:`~medrepro.callbacks.checkpoint_config.TrainingConfigInCheckpoint`);
 for a checkpoint written before that, it is read from its training run folder's
@@ -53,7 +57,20 @@ class TrainedModel:
 
     @property
     def threshold(self) -> float:
-        return float(self.classifier.hparams.threshold)
+        """The operating threshold: the one the training run chose on its validation set
+        (kept in the checkpoint), else ``model.threshold``."""
+        return float(self.classifier.threshold)
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature the logits are divided by (1: none fitted)."""
+        return float(self.classifier.temperature)
+
+    @property
+    def operating_point(self) -> dict | None:
+        """``rule``, ``threshold``, ``chosen_on`` and ``val`` (see
+        :attr:`ImageClassifier.operating_point`); ``None`` for a multi-class model."""
+        return self.classifier.operating_point
 
     @property
     def data_config(self) -> dict:
@@ -92,6 +109,8 @@ class TrainedModel:
             "model": model.get("name"),
             "classes": self.class_names,
             "threshold": self.threshold,
+            "operating_point": self.operating_point,
+            "temperature": self.classifier.fitted_temperature,
             "image_size": self.image_size,
             "channels": self.channels,
             "model_channels": self.model_channels,
@@ -168,7 +187,7 @@ def _rebuild(config: dict, checkpoint: dict, path: Path, setting: str) -> torch.
                         "that medrepro's training wrote.")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.update(pretrained=False, weights=None)
-    for key in ("name", "threshold", "mean", "std", "drop_rate"):
+    for key in ("name", "threshold", "mean", "std", "drop_rate", "calibrate"):
         if key in hyper:
             model_cfg[key] = hyper[key]
     loss = hydra.utils.instantiate(cfg.loss)(num_classes=len(class_names))
@@ -183,4 +202,8 @@ def _rebuild(config: dict, checkpoint: dict, path: Path, setting: str) -> torch.
         first = str(error).strip().splitlines()
         raise UserError(f"{setting}={path}: its weights do not fit the model its configuration "
                         f"describes ({first[1].strip() if len(first) > 1 else first[0]}).") from None
+    if not classifier.load_operating_point(checkpoint) and not classifier.threshold_rule.fixed:
+        log.warning("%s=%s was not validated after training, so model.threshold=%s was never "
+                    "chosen: its threshold is %g.", setting, path, classifier.threshold_rule,
+                    classifier.threshold)
     return classifier.eval()
