@@ -179,6 +179,19 @@ def test_a_search_on_a_test_metric_stops_with_one_sentence_before_any_job(tmp_pa
     assert not sweep_dir.exists()  # no job folder, no optuna.db
 
 
+def test_a_search_over_folds_stops_with_one_sentence_before_any_job(tmp_path, demo_dir):
+    """With cv=kfold the folds are a sweep parameter: the search would tune the fold and report
+    the one that scored best; it refuses in one sentence, exit status 1, no job, no study."""
+    sweep_dir = tmp_path / "sweep"
+    done = search(sweep_dir, demo_dir, "cv=kfold", "hydra.sweeper.n_trials=2")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "Error: hparams_search=optuna cannot be combined with cv=kfold: the search would pick the "
+        "fold that scores best; search first, then run cv=kfold with the settings it found.")
+    assert not sweep_dir.exists()
+
+
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
 

@@ -100,6 +100,13 @@ def unreadable_file_with_a_newline_in_its_name(root: Path) -> None:
     (root / "cat" / "new\nline.png").write_bytes(b"")
 
 
+def three_classes(root: Path) -> None:
+    """``cat/``, ``dog/`` and ``fox/``, 10 distinct small PNGs each."""
+    two_classes(root)
+    for i in range(10):
+        write_gray(root / "fox" / f"fox{i}.png", 100 + 3 * i)
+
+
 def text_weights(root: Path) -> None:
     """A text file given as ``model.weights`` (with the data folder that trains)."""
     two_classes(root)
@@ -159,6 +166,19 @@ CATALOGUE = [
          ("model.threshold must be a probability between 0 and 1", "such as 0.5", "not 2"), SETTINGS),
     Case("threshold 0", two_classes, ("model.threshold=0",), 1,
          ("model.threshold must be a probability between 0 and 1", "not 0"), SETTINGS),
+    Case("threshold banana", two_classes, ("model.threshold=banana",), 1,
+         ("model.threshold must be a probability between 0 and 1", "youden, sensitivity@0.95",
+          "not 'banana'"), SETTINGS),
+    Case("threshold rule target 1.5", two_classes, ("model.threshold=sensitivity@1.5",), 1,
+         ("model.threshold must be", "any target between 0 and 1", "not 'sensitivity@1.5'"),
+         SETTINGS),
+    # the classes are known once the file names are listed: before any image is read
+    Case("threshold rule on three classes", three_classes, ("model.threshold=youden",), 1,
+         ("model.threshold=youden chooses a decision threshold for two-class tasks only",
+          "3 classes (cat, dog, fox)", "model.threshold at a number such as 0.5"),
+         "model_building"),
+    Case("calibrate platt", two_classes, ("model.calibrate=platt",), 1,
+         ("model.calibrate must be none or temperature", "not 'platt'"), SETTINGS),
     Case("image_size 0", two_classes, ("data.image_size=0",), 1,
          ("data.image_size must be a whole number of pixels", "such as 224", "not 0"), SETTINGS),
     Case("image_size 7 for inception_v3", two_classes, ("model.name=inception_v3", "data.image_size=7"),
@@ -210,6 +230,23 @@ CATALOGUE = [
           "data.split.counts={train: {cat: 8, dog: 8}, val: {cat: 2, dog: 2}, test: {cat: 2, dog: 2}}"),
          1, ("The split counts ask for 12 'cat' images but data.root has only 10",
              "lower data.split.counts"), "data_loading"),
+    # k-fold cross-validation (tests/test_kfold.py): the fold settings, then the data
+    Case("kfold fold 5 of 5", two_classes, ("data.split.mode=kfold", "data.split.fold=5"), 1,
+         ("data.split.fold must be a whole number from 0 to 4", "not 5"), "data_loading"),
+    Case("kfold folds 1", two_classes,
+         ("data.split.mode=kfold", "data.split.folds=1", "data.split.fold=0"), 1,
+         ("data.split.folds must be a whole number of folds, 2 or more", "not 1"), "data_loading"),
+    Case("kfold without a fold", two_classes, ("data.split.mode=kfold",), 1,
+         ("data.split.mode=kfold needs data.split.fold", "python train.py -m cv=kfold"),
+         "data_loading"),
+    Case("fold outside kfold", two_classes, ("data.split.fold=1",), 1,
+         ("data.split.fold=1 applies only to data.split.mode=kfold",), "data_loading"),
+    # 10 images per class, 2 held out for testing: 8 left for 9 folds
+    Case("kfold more folds than images", two_classes,
+         ("data.split.mode=kfold", "data.split.folds=9", "data.split.fold=0"), 1,
+         ("data.split.folds=9 needs every class in at least 9 groups of images",
+          "outside the test split", "but 'cat' is in only 8", "lower data.split.folds"),
+         "data_loading"),
     Case("zero-byte file", zero_byte_file, (), 1,
          ("Cannot read image {root}/cat/zero.png (zero-byte file)",
           "data.checks.skip_unreadable=true"), "data_check"),

@@ -7,12 +7,17 @@ accuracies 0.575, 0.800 and 0.600: mean 65.83 %, sample SD 12.33 points), report
 ``python report.py SWEEP_DIR --resamples N`` as a user runs it. And a real 3-job smoke
 sweep, reported by the Hydra callback at the end of the multirun.
 
-Bootstrap intervals are compared with an independent percentile bootstrap drawn here. An
-endpoint at quantile q of B_report resamples must lie between the quantiles of our own
-B_own resamples at q ± 4.5 Monte Carlo SDs of an empirical CDF,
+Bootstrap intervals (summary.csv's bootstrap_low/high, and ci95 where the method is the
+bootstrap) are compared with an independent bootstrap over patients drawn here (patients
+from split.csv, an image without one its own patient; per class, with replacement; our own
+random numbers). An endpoint at quantile q of B_report resamples must lie between the
+quantiles of our own B_own resamples at q ± 4.5 Monte Carlo SDs of an empirical CDF,
 sqrt(q (1 - q) (1 / B_report + 1 / B_own)). For the hand-built sweep (10,000 resamples of
 400 test images each) the 2.5 % endpoint must lie between our 1.5 % and 3.5 % quantiles, so
-a 90 % interval (5 %) or the bootstrap of another probability column fails.
+a 90 % interval (5 %) or the bootstrap of another probability column fails. Wilson
+intervals are compared with scipy's binomtest, DeLong's with pauc; the interval of an arm's
+mean with the formula computed here (t(k-1)·s/√k when the runs' test sets differ, as in
+the hand-built sweep).
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ import re
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pauc
 import pytest
 from conftest import CONFIG_DIR, REPO
 from omegaconf import OmegaConf
@@ -209,12 +214,43 @@ def sweeps(tmp_path_factory, demo_dir) -> SimpleNamespace:
 # --------------------------------------------------------------------------- the oracle
 
 
-def own_bootstrap(folder: Path, classes: list[str], positive: str, seed: int) -> dict:
-    """Each bootstrapped test metric of one run over OWN_RESAMPLES resamples of its
-    predictions.csv (binary: the positive class scores; an empty denominator gives 0).
-    The vectorised formulas are checked against scikit-learn on the first resamples."""
+def patient_groups(folder: Path, frame: pd.DataFrame) -> np.ndarray:
+    """One integer per row of ``frame``: its patient from the run folder's split.csv
+    (matched by path), or a group of its own where it has none."""
+    ids = {}
+    if (folder / "split.csv").is_file():
+        split = pd.read_csv(folder / "split.csv", dtype={"patient_id": str})
+        if "patient_id" in split:
+            ids = {p: i for p, i in zip(split["path"], split["patient_id"]) if isinstance(i, str) and i.strip()}
+    names = [ids.get(path, f"own:{path}") for path in frame["path"]]
+    return pd.factorize(pd.Series(names))[0]
+
+
+def own_weights(labels: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """[OWN_RESAMPLES, N]: how often each image is in each resample of patients, drawn
+    within each class (a patient's class: its most frequent label) with replacement, as
+    many as the class has."""
+    n_groups = groups.max() + 1
+    group_label = np.array([pd.Series(labels[groups == g]).mode().min() for g in range(n_groups)])
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((OWN_RESAMPLES, n_groups), dtype=np.float32)
+    rows = np.arange(OWN_RESAMPLES)[:, None]
+    for label in np.unique(group_label):
+        members = np.flatnonzero(group_label == label)
+        drawn = members[rng.integers(0, len(members), (OWN_RESAMPLES, len(members)))]
+        np.add.at(counts, (np.broadcast_to(rows, drawn.shape), drawn), 1)
+    return counts[:, groups]
+
+
+def own_bootstrap(folder: Path, classes: list[str], positive: str, seed: int,
+                  frame: pd.DataFrame | None = None, weights: np.ndarray | None = None) -> dict:
+    """Each bootstrapped test metric of one run over OWN_RESAMPLES resamples of patients of
+    its predictions.csv (binary: the positive class scores; an empty denominator gives 0),
+    as multiplicity weights; ``weights`` given: those resamples (rows of ``frame``, e.g.
+    the resamples an arm's runs share). The formulas are checked against scikit-learn on
+    the first resamples."""
     assert len(classes) == 2
-    frame = pd.read_csv(folder / "predictions.csv")
+    frame = pd.read_csv(folder / "predictions.csv") if frame is None else frame
     negative = next(c for c in classes if c != positive)
     truth = (frame["label"] == positive).to_numpy()
     decided = (frame["predicted"] == positive).to_numpy()
@@ -222,40 +258,44 @@ def own_bootstrap(folder: Path, classes: list[str], positive: str, seed: int) ->
     probabilities = frame[[f"prob_{c}" for c in classes]].to_numpy(float)
     one_hot = (frame["label"].to_numpy()[:, None] == np.array(classes)[None, :]).astype(float)
     squared_error = ((probabilities - one_hot) ** 2).mean(1)
-    n = len(frame)
-    index = np.random.default_rng(seed).integers(0, n, (OWN_RESAMPLES, n))
-    t, y = truth[index], decided[index]
-    tp, fp = (t & y).sum(1), (~t & y).sum(1)
-    fn, tn = (t & ~y).sum(1), (~t & ~y).sum(1)
+    if weights is None:
+        weights = own_weights(truth.astype(int), patient_groups(folder, frame), seed)
+    w = weights.astype(float)
+    total = w.sum(1)
+    tp, fp = w @ (truth & decided), w @ (~truth & decided)
+    fn, tn = w @ (truth & ~decided), w @ (~truth & ~decided)
 
     def ratio(a, b):
-        return np.where(b > 0, a / np.maximum(b, 1), 0.0)
+        return np.where(b > 0, a / np.maximum(b, 1e-300), 0.0)
 
-    draws = {"acc": (t == y).mean(1), "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
+    draws = {"acc": (tp + tn) / total, "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
              "f1": ratio(2 * tp, 2 * tp + fp + fn), "specificity": ratio(tn, tn + fp),
-             "mse": squared_error[index].mean(1)}
+             "mse": w @ squared_error / total}
     pos, neg = class_key(positive), class_key(negative)
     draws.update({f"precision_{pos}": draws["precision"], f"recall_{pos}": draws["recall"],
                   f"f1_{pos}": draws["f1"], f"precision_{neg}": ratio(tn, tn + fn),
                   f"recall_{neg}": ratio(tn, tn + fp),
                   f"f1_{neg}": ratio(2 * tn, 2 * tn + fn + fp)})
-    # AUROC = Mann-Whitney U / (n+ n-), ties at average ranks; NaN if a class is missing
-    ranks = stats.rankdata(score[index], axis=1)
-    n_pos = t.sum(1)
-    u = (ranks * t).sum(1) - n_pos * (n_pos + 1) / 2
-    both = (n_pos > 0) & (n_pos < n)
-    draws["auroc"] = np.where(both, u / np.maximum(n_pos * (n - n_pos), 1), np.nan)
+    # AUROC: every positive against every negative, ties one half, weighted; NaN without a class
+    kernel = ((score[truth][:, None] > score[~truth][None, :])
+              + 0.5 * (score[truth][:, None] == score[~truth][None, :]))
+    w_pos, w_neg = w[:, truth], w[:, ~truth]
+    n_pos, n_neg = w_pos.sum(1), w_neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = ((w_pos @ kernel) * w_neg).sum(1) / (n_pos * n_neg)
+    draws["auroc"] = np.where((n_pos > 0) & (n_neg > 0), auroc, np.nan)
 
     for b in range(3):
-        tb, yb = truth[index[b]].astype(int), decided[index[b]].astype(int)
+        index = np.repeat(np.arange(len(frame)), w[b].astype(int))
+        tb, yb = truth[index].astype(int), decided[index].astype(int)
         expected = {"acc": skm.accuracy_score(tb, yb),
                     "f1": skm.f1_score(tb, yb, zero_division=0),
                     f"precision_{neg}": skm.precision_score(tb, yb, pos_label=0, zero_division=0),
                     "specificity": skm.recall_score(tb, yb, pos_label=0, zero_division=0),
-                    "mse": skm.mean_squared_error(one_hot[index[b]], probabilities[index[b]]),
-                    "auroc": skm.roc_auc_score(tb, score[index[b]]) if 0 < tb.sum() < n else np.nan}
+                    "mse": skm.mean_squared_error(one_hot[index], probabilities[index]),
+                    "auroc": skm.roc_auc_score(tb, score[index]) if 0 < tb.sum() < len(tb) else np.nan}
         for name, value in expected.items():
-            assert draws[name][b] == pytest.approx(value, abs=1e-12, nan_ok=True), name
+            assert draws[name][b] == pytest.approx(value, abs=1e-9, nan_ok=True), name
     return draws
 
 
@@ -317,22 +357,80 @@ class Oracle:
         stage, _, name = metric.partition("/")
         return stage == "test" and name in self.bootstrap_names
 
+    def frame(self, job: int) -> pd.DataFrame:
+        return pd.read_csv(self.sweep_dir / str(job) / "predictions.csv")
+
+    def shared(self, arm: str) -> bool:
+        """Whether the arm's completed runs were tested on the same images."""
+        frames = [self.frame(job) for job in self.completed(arm)]
+        return bool(frames) and all(sorted(f["path"]) == sorted(frames[0]["path"]) for f in frames)
+
+    def arm_of(self, job: int) -> str:
+        return next(arm for arm, jobs in self.arms.items() if job in jobs)
+
     def draws(self, job: int, metric: str) -> np.ndarray:
+        """Our bootstrap of one run's metric: over the resamples the arm's runs share when
+        they were tested on the same images, over its own otherwise."""
         if job not in self._draws:
-            self._draws[job] = own_bootstrap(self.sweep_dir / str(job), self.classes, self.positive,
-                                             seed=1000 + job)
+            arm = self.arm_of(job)
+            if self.shared(arm):
+                jobs = self.completed(arm)
+                first = self.frame(jobs[0])
+                folder = self.sweep_dir / str(jobs[0])
+                truth = (first["label"] == self.positive).to_numpy(int)
+                weights = own_weights(truth, patient_groups(folder, first), 1000 + jobs[0])
+                for other in jobs:
+                    frame = self.frame(other).set_index("path").loc[first["path"]].reset_index()
+                    self._draws[other] = own_bootstrap(self.sweep_dir / str(other), self.classes,
+                                                       self.positive, 0, frame, weights)
+            else:
+                self._draws[job] = own_bootstrap(self.sweep_dir / str(job), self.classes,
+                                                 self.positive, seed=1000 + job)
         return self._draws[job][metric.partition("/")[2]]
 
-    def summary_draws(self, arm: str, metric: str) -> np.ndarray:
-        """The bootstrap of the arm's row: the mean over runs (each run resampled
-        independently), or the best run's own where the paper gives its best run."""
+    def run_interval(self, job: int, metric: str) -> tuple[str, float | None, float | None]:
+        """(method, low, high) of a run's ci95: Wilson from scipy's binomtest, DeLong from
+        pauc, ("bootstrap over patients", None, None) where our bootstrap decides."""
+        name = metric.partition("/")[2]
+        frame = self.frame(job)
+        truth = (frame["label"] == self.positive).to_numpy()
+        decided = (frame["predicted"] == self.positive).to_numpy()
+        counts = {"acc": ((truth == decided).sum(), len(truth)),
+                  "precision": ((truth & decided).sum(), decided.sum()),
+                  "recall": ((truth & decided).sum(), truth.sum()),
+                  "specificity": ((~truth & ~decided).sum(), (~truth).sum())}
+        if name in counts:
+            k, n = (int(v) for v in counts[name])
+            ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+            return "Wilson", ci.low, ci.high
+        if name == "auroc":
+            roc = pauc.ROC(truth.astype(int), frame[f"prob_{self.positive}"].to_numpy(float), direction="<")
+            low, high = pauc.ci_auc(roc, conf_level=0.95)
+            return "DeLong", max(0.0, low), min(1.0, high)
+        return "bootstrap over patients", None, None
+
+    def arm_interval(self, arm: str, metric: str) -> tuple[str, float, float, float]:
+        """(method, low, high, tolerance) of the interval of the arm's mean: with test sets
+        that differ, mean ± t(k-1)·s/√k; with one shared, mean ± t(df)·sqrt(s²/k + c), c the
+        mean covariance of two runs' values over our shared resamples (a Monte Carlo
+        tolerance of 3 % of the half-width)."""
         jobs = self.completed(arm)
-        if self.summary(arm, metric)["best"]:
-            values = [self.value(job, metric) for job in jobs]
-            return self.draws(jobs[int(np.argmax(values))], metric)
-        with warnings.catch_warnings():  # a resample where no run has a value: NaN, left out
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean([self.draws(job, metric) for job in jobs], axis=0)
+        values = np.array([self.value(job, metric) for job in jobs])
+        k, mean = len(values), float(values.mean())
+        between = values.var(ddof=1) / k
+        if not self.shared(arm):
+            half = stats.t.ppf(0.975, k - 1) * math.sqrt(between)
+            return ("mean over runs: runs' spread, test sets differ (t)", max(0, mean - half),
+                    min(1, mean + half), 1e-9)
+        draws = np.stack([self.draws(job, metric) for job in jobs])
+        draws = draws[:, np.isfinite(draws).all(0)]
+        covariance = np.cov(draws)
+        c = max(0.0, (covariance.sum() - np.trace(covariance)) / (k * (k - 1)))
+        se = math.sqrt(between + c)
+        df = se**4 * (k - 1) / between**2 if between > 0 else math.inf
+        half = (stats.norm.ppf(0.975) if math.isinf(df) else stats.t.ppf(0.975, df)) * se
+        return ("mean over runs: run-to-run variation + shared test set (t)", max(0, mean - half),
+                min(1, mean + half), 0.03 * half)
 
 
 def endpoint_window(draws: np.ndarray, q: float, report_resamples: int) -> tuple[float, float]:
@@ -394,8 +492,7 @@ def check_csv(table: pd.DataFrame, oracle: Oracle) -> None:
                 interval = (None if blank(row["ci95_low"]) else row["ci95_low"],
                             None if blank(row["ci95_high"]) else row["ci95_high"])
                 if oracle.has_interval(metric) and oracle.value(job, metric) is not None:
-                    assert_interval(*interval, oracle.draws(job, metric), oracle.resamples,
-                                    what=f"{what} job {job}")
+                    check_run_interval(row, oracle, job, metric, f"{what} job {job}")
                     n_intervals += 1
                 else:
                     assert interval == (None, None), what
@@ -410,12 +507,35 @@ def check_csv(table: pd.DataFrame, oracle: Oracle) -> None:
             interval = (None if blank(summary["ci95_low"]) else summary["ci95_low"],
                         None if blank(summary["ci95_high"]) else summary["ci95_high"])
             if oracle.has_interval(metric) and expected["n_runs"]:
-                assert_interval(*interval, oracle.summary_draws(arm, metric), oracle.resamples,
-                                what=f"{what} {summary['row']}")
+                if expected["best"]:  # the best run's own interval
+                    best = max(oracle.completed(arm), key=lambda j: oracle.value(j, metric))
+                    check_run_interval(summary, oracle, best, metric, f"{what} best run")
+                else:
+                    method, low, high, tolerance = oracle.arm_interval(arm, metric)
+                    assert summary["ci_method"] == method, what
+                    assert abs(summary["ci95_low"] - low) <= tolerance, (what, summary["ci95_low"], low)
+                    assert abs(summary["ci95_high"] - high) <= tolerance, (what, summary["ci95_high"], high)
+                    assert summary["ci95_low"] <= min(oracle.values(arm, metric)) + 1e-12, what
+                    assert summary["ci95_high"] >= max(oracle.values(arm, metric)) - 1e-12, what
                 n_intervals += 1
             else:
                 assert interval == (None, None), what
     assert n_intervals >= 8 * sum(len(oracle.completed(arm)) + 1 for arm in oracle.arms)
+
+
+def check_run_interval(row: pd.Series, oracle: Oracle, job: int, metric: str, what: str) -> None:
+    """A run's ci95 by its method (Wilson: scipy, DeLong: pauc, bootstrap: ours) and the
+    bootstrap over patients beside it (ours)."""
+    method, low, high = oracle.run_interval(job, metric)
+    assert row["ci_method"] == method, (what, row["ci_method"])
+    draws = oracle.draws(job, metric)
+    if low is None:
+        assert_interval(row["ci95_low"], row["ci95_high"], draws, oracle.resamples, what=what)
+    else:
+        assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((low, high), abs=1e-9), what
+    boot = (None if blank(row["bootstrap_low"]) else row["bootstrap_low"],
+            None if blank(row["bootstrap_high"]) else row["bootstrap_high"])
+    assert_interval(*boot, draws, oracle.resamples, what=f"{what} bootstrap")
 
 
 # --------------------------------------------------------------------------- summary.md
@@ -466,18 +586,27 @@ def shown_interval(text: str, separator: str):
     return low, high, half_unit
 
 
+def interval_texts(text: str, separator: str) -> tuple[str, str]:
+    """The two ends of a shown interval as written (``–`` for none)."""
+    if not text:
+        return "–", "–"
+    low, high = text.split(separator)
+    return low.strip(), high.strip()
+
+
 def check_markdown(text: str, oracle: Oracle, resamples: int, main_metric: str) -> None:
     """The numbers a researcher reads: the runs, the arm-beside-paper table and the per-run
     intervals."""
-    shown = re.search(r"\((\d+) resamples; for the mean, each run's test set is resampled", text)
+    shown = re.search(r"95% percentile bootstrap over patients \((\d+) resamples\)", text)
     assert shown and int(shown.group(1)) == resamples
     assert "SD is the sample SD over runs (ddof 1)" in text
+    table = pd.read_csv(oracle.sweep_dir / "summary.csv")  # its intervals: check_csv
     job_of = {}
     # the runs
     lines = section(text, "Runs")
     assert len(lines) == len(oracle.results)
     for line in lines:
-        arm, seed, job, status, main, _, seconds, _ = cells(line)
+        arm, seed, job, status, main, _, _, seconds, _ = cells(line)
         job = int(job)
         assert job in oracle.arms[arm] and status == oracle.results[job]["status"]
         assert int(float(seed)) == oracle.results[job]["config"]["seed"]
@@ -488,7 +617,7 @@ def check_markdown(text: str, oracle: Oracle, resamples: int, main_metric: str) 
     # every arm beside the paper
     seen = set()
     for line in section(text, "Every arm beside the paper"):
-        metric, arm, runs, ours, paper, difference, interval = cells(line)
+        metric, arm, runs, ours, paper, difference, interval, method, _ = cells(line)
         what = f"summary.md {arm} {metric}"
         seen.add((arm, metric))
         expected = oracle.summary(arm, metric)
@@ -510,10 +639,14 @@ def check_markdown(text: str, oracle: Oracle, resamples: int, main_metric: str) 
         assert_shown(difference, expected["difference"], metric, f"{what} ours − paper")
         if expected["difference"] is not None:
             assert difference[0] in "+-", what
-        low, high, half_unit = shown_interval(interval, " to ")
+        low, _, _ = shown_interval(interval, " to ")
         if oracle.has_interval(metric) and expected["n_runs"]:
-            assert_interval(low, high, oracle.summary_draws(arm, metric), resamples,
-                            scale_of(metric), half_unit, what)
+            row = table[(table["arm"] == arm) & (table["metric"] == metric)
+                        & table["row"].isin(["mean", "best run"])].iloc[0]
+            assert method == row["ci_method"], what
+            low, high = interval_texts(interval, " to ")
+            assert_shown(low, row["ci95_low"], metric, f"{what} CI low")
+            assert_shown(high, row["ci95_high"], metric, f"{what} CI high")
         else:
             assert low is None, what
     for arm in oracle.arms:
@@ -523,21 +656,30 @@ def check_markdown(text: str, oracle: Oracle, resamples: int, main_metric: str) 
             assert (arm, f"test/{name}") in seen, f"summary.md lacks {arm} test/{name}"
     # the 95% intervals of every run
     lines = text.split("\n## 95% confidence intervals per run")[1].splitlines()
-    header = cells(next(line for line in lines if line.startswith("| arm | seed |")))
-    metrics = header[2:]
+    header = cells(next(line for line in lines if line.startswith("| arm | seed | job |")))
+    metrics = [h.split(" (")[0] for h in header[3:]]
+    methods = [h.split(" (")[1].rstrip(")") for h in header[3:]]
     assert {f"test/{name}" for name in BOOTSTRAPPED} <= set(metrics)
     rows = section(text, "95% confidence intervals per run")
     assert len(rows) == sum(len(oracle.completed(arm)) for arm in oracle.arms)
     for line in rows:
-        arm, seed, *values = cells(line)
-        job = job_of[arm, int(float(seed))]
-        for metric, value in zip(metrics, values):
-            what = f"summary.md per-run interval job {job} {metric}"
-            point, _, interval = value.partition(" [")
-            assert_shown(point, oracle.value(job, metric), metric, what)
-            low, high, half_unit = shown_interval(interval.rstrip("]"), ", ")
-            assert_interval(low, high, oracle.draws(job, metric), resamples, scale_of(metric),
-                            half_unit, what)
+        arm, seed, job, *values = cells(line)
+        job = int(job)
+        assert job_of[arm, int(float(seed))] == job
+        for index, (metric, method, value) in enumerate(zip(metrics, methods, values)):
+            what = f"summary.md per-run interval job {job} {metric} ({method})"
+            row = table[(table["job"] == job) & (table["metric"] == metric) & (table["row"] == "run")].iloc[0]
+            point, _, interval = value.partition("[")
+            low, high = interval_texts(interval.rstrip("]"), ", ")
+            if metric in metrics[:index]:  # the AUROC's bootstrap beside DeLong's
+                assert method == "bootstrap over patients" and not point.strip(), what
+                assert_shown(low, row["bootstrap_low"], metric, what)
+                assert_shown(high, row["bootstrap_high"], metric, what)
+                continue
+            assert row["ci_method"] == method, what
+            assert_shown(point.strip(), oracle.value(job, metric), metric, what)
+            assert_shown(low, row["ci95_low"], metric, what)
+            assert_shown(high, row["ci95_high"], metric, what)
 
 
 def check_welch(text: str, oracle: Oracle, main_metric: str) -> None:
@@ -631,19 +773,24 @@ def test_every_number_of_summary_md_matches_the_run_folders(hand):
 
 
 def test_resamples_option_sets_the_bootstrap_size(sweeps):
-    """``--resamples 1`` draws one resample per run: every interval shrinks to one point,
-    a resampled accuracy (k / 400) for a run's accuracy; with ``--resamples 10000`` the
-    intervals are wide. summary.md states the number used."""
+    """``--resamples 1`` draws one resample per run: every bootstrap interval shrinks to one
+    point, a resampled accuracy (k / 400) for a run's accuracy; with ``--resamples 10000``
+    they are wide. Wilson's and DeLong's intervals do not resample: the same in both.
+    summary.md states the number used."""
     many, one = (pd.read_csv(folder / "summary.csv") for folder in (sweeps.hand, sweeps.single))
-    assert "(1 resamples;" in (sweeps.single / "summary.md").read_text()
-    one_ci, many_ci = one.dropna(subset=["ci95_low"]), many.dropna(subset=["ci95_low"])
-    assert len(one_ci) == len(many_ci) > 0
-    assert (one_ci["ci95_low"] == one_ci["ci95_high"]).all()
-    accuracy = many_ci[many_ci["metric"] == "test/acc"]
-    assert (accuracy["ci95_high"] - accuracy["ci95_low"] > 0.04).all()
-    one_run_acc = one_ci[(one_ci["metric"] == "test/acc") & (one_ci["row"] == "run")]["ci95_low"]
+    assert "(1 resamples)" in (sweeps.single / "summary.md").read_text()
+    one_boot, many_boot = one.dropna(subset=["bootstrap_low"]), many.dropna(subset=["bootstrap_low"])
+    assert len(one_boot) == len(many_boot) > 0
+    assert (one_boot["bootstrap_low"] == one_boot["bootstrap_high"]).all()
+    accuracy = many_boot[many_boot["metric"] == "test/acc"]
+    assert (accuracy["bootstrap_high"] - accuracy["bootstrap_low"] > 0.04).all()
+    one_run_acc = one_boot[(one_boot["metric"] == "test/acc") & (one_boot["row"] == "run")]["bootstrap_low"]
     one_run_acc = one_run_acc * N_TEST
     assert np.allclose(one_run_acc, one_run_acc.round())
+    exact = many["ci_method"].isin(["Wilson", "DeLong"])
+    assert exact.sum() >= 5 * 5
+    pd.testing.assert_frame_equal(one.loc[exact, ["ci95_low", "ci95_high"]],
+                                  many.loc[exact, ["ci95_low", "ci95_high"]])
     # everything that is not an interval is the same
     columns = ["arm", "metric", "row", "job", "value", "sd", "n_runs", "paper", "paper_sd",
                "difference"]

@@ -28,6 +28,7 @@ from medrepro.core.run_folder import read_results, write_results
 from medrepro.datamodules.sources.class_mapping import ClassMappedSource
 from medrepro.jobs.job_steps import FIRST_STEP, enter_step
 from medrepro.jobs.model_card import write_model_card
+from medrepro.jobs.report.run_report import write_run_report_after_job
 from medrepro.jobs.trained_model import TrainedModel, load_trained_model
 from medrepro.jobs.training import build_callbacks, build_trainer
 
@@ -62,6 +63,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if is_first_process():
         _record_provenance(output_dir, trained, split, class_map, source)
         write_model_card(output_dir)
+        write_run_report_after_job(output_dir)
         log.info("Eval folder: %s", output_dir.resolve())
     return tested
 

@@ -12,21 +12,22 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from medrepro.core.run_folder import PREDICTIONS_CSV, SPLIT_CSV, read_results, write_atomic
-from medrepro.jobs.report.statistics import metrics_from_predictions, prediction_arrays
-from medrepro.statistics.bootstrap import (
-    group_keys,
-    grouped_bootstrap_interval,
+from medrepro.jobs.report.run_metrics import (
+    RESAMPLES,
+    auroc_estimate,
+    auroc_rows,
+    initialisation,
+    patient_ids,
+    proportion_row,
+    read_table,
 )
-from medrepro.statistics.delong import delong_interval
-from medrepro.statistics.proportions import wilson_interval
+from medrepro.jobs.report.statistics import prediction_arrays
 
 log = logging.getLogger(__name__)
 MODEL_CARD = "model_card.md"
-RESAMPLES = 1000
 SMALL_TEST_SET = 100  # fewer test images: intervals are wide (said under Limitations)
 
 
@@ -39,8 +40,8 @@ def write_model_card(run_dir: str | Path, command: str | None = None) -> Path | 
     if not results:
         return None
     try:
-        predictions = _read(run_dir / PREDICTIONS_CSV)
-        patients = _patient_ids(predictions, _read(run_dir / SPLIT_CSV))
+        predictions = read_table(run_dir / PREDICTIONS_CSV)
+        patients = patient_ids(predictions, read_table(run_dir / SPLIT_CSV))
         text = model_card_text(results, predictions, command or current_command(), patients)
         return write_atomic(run_dir / MODEL_CARD, text)
     except Exception as error:  # noqa: BLE001  (a by-product: the run's results stand)
@@ -90,12 +91,7 @@ def model_card_text(results: dict, predictions: pd.DataFrame | None, command: st
 def _model_section(results, training, model, classes, evaluation) -> list[str]:
     data = training.get("data") or {}
     positive = classes[1] if len(classes) == 2 else None
-    if model.get("weights"):
-        start = f"initialised from the file {model['weights']}"
-    elif model.get("pretrained"):
-        start = "initialised from timm's ImageNet weights"
-    else:
-        start = "trained from scratch (no pre-trained weights)"
+    start = initialisation(model)
     tested = results.get("tested_checkpoint") or {}
     checkpoint = (evaluation or {}).get("checkpoint") or tested.get("file") or "the final weights"
     epoch = (evaluation or {}).get("epoch") or tested.get("epoch")
@@ -120,10 +116,21 @@ def _model_section(results, training, model, classes, evaluation) -> list[str]:
              ]
     if positive:
         lines.append(f"- Operating threshold: {positive} is predicted when its probability is at "
-                     f"least {threshold} (pre-specified in model.threshold, not tuned on the test set).")
+                     f"least {_threshold_words(results, threshold)}.")
     else:
         lines.append("- Decision rule: the class of highest probability.")
     return [*lines, ""]
+
+
+def _threshold_words(results: dict, configured) -> str:
+    """The threshold and how it was set (results.json ``operating_point`` where recorded)."""
+    point = results.get("operating_point") or {}
+    if point.get("threshold") is None:
+        return f"{configured} (pre-specified in model.threshold, not tuned on the test set)"
+    if point.get("chosen_on") == "validation":
+        return (f"{point['threshold']:.4g} (chosen on the validation set by the rule "
+                f"{point.get('rule')}, then applied unchanged to the test set)")
+    return f"{point['threshold']:.4g} (pre-specified in model.threshold, not tuned on the test set)"
 
 
 def _intended_use(training, data) -> list[str]:
@@ -203,49 +210,21 @@ def _metrics_section(predictions, classes, patients=None) -> list[str]:
                  "counts as a patient of its own).")
     lines += ["", "| metric | value | 95 % CI | counts |", "|---|---:|---|---|"]
     correct = int((truth == predicted).sum())
-    lines.append(_proportion_row("accuracy", correct, n))
+    lines.append(proportion_row("accuracy", correct, n))
     if len(classes) == 2:
         positives, negatives = truth == 1, truth == 0
         tp = int((predicted[positives] == 1).sum())
         tn = int((predicted[negatives] == 0).sum())
         fp, fn = int(negatives.sum()) - tn, int(positives.sum()) - tp
-        lines += [_proportion_row("sensitivity", tp, tp + fn), _proportion_row("specificity", tn, tn + fp),
-                  _proportion_row("PPV", tp, tp + fp), _proportion_row("NPV", tn, tn + fn)]
+        lines += [proportion_row("sensitivity", tp, tp + fn), proportion_row("specificity", tn, tn + fp),
+                  proportion_row("PPV", tp, tp + fp), proportion_row("NPV", tn, tn + fn)]
     else:
         for index, name in enumerate(classes):
             members = truth == index
-            lines.append(_proportion_row(f"recall {name}", int((predicted[members] == index).sum()),
+            lines.append(proportion_row(f"recall {name}", int((predicted[members] == index).sum()),
                                          int(members.sum())))
-    lines += _auroc_rows(truth, predicted, probabilities, patients)
+    lines += auroc_rows(auroc_estimate(truth, probabilities, patients))
     return [*lines, ""]
-
-
-def _proportion_row(name: str, successes: int, trials: int) -> str:
-    if trials == 0:
-        return f"| {name} | n/a | n/a | 0/0 |"
-    low, high = wilson_interval(successes, trials)
-    return f"| {name} | {successes / trials:.3f} | {low:.3f} to {high:.3f} | {successes}/{trials} |"
-
-
-def _auroc_rows(truth, predicted, probabilities, patients) -> list[str]:
-    """AUROC with DeLong's interval (binary tasks) and the bootstrap over patients."""
-    keys = ["c"] * probabilities.shape[1]
-
-    def auroc(indices):
-        return metrics_from_predictions(truth, predicted, probabilities, keys,
-                                        np.asarray(indices)[None, :])["auroc"][0]
-
-    point, low, high = grouped_bootstrap_interval(auroc, truth, patients, resamples=RESAMPLES, seed=0)
-    if not np.isfinite(point):
-        return []
-    n_patients = len(set(group_keys(patients, len(truth)).tolist()))
-    rows = []
-    if probabilities.shape[1] == 2:
-        value, d_low, d_high = delong_interval(truth, probabilities[:, 1])
-        rows.append(f"| AUROC (DeLong) | {value:.3f} | {d_low:.3f} to {d_high:.3f} | {len(truth)} images |")
-    rows.append(f"| AUROC (bootstrap over patients) | {point:.3f} | {low:.3f} to {high:.3f} | "
-                f"{n_patients} patients |")
-    return rows
 
 
 def _limitations(results, training, data, predictions, evaluation) -> list[str]:
@@ -290,16 +269,3 @@ def _reproduce(results, command: str) -> list[str]:
     return ["## Reproduce", "", "```", command, "```", "",
             (f"Versions: {listed}. Device: {where}; precision {results.get('precision', '?')}{reason}; "
             f"seed {(results.get('config') or {}).get('seed')}."), ""]
-
-
-def _patient_ids(predictions: pd.DataFrame | None, split: pd.DataFrame | None) -> list | None:
-    """The patient id of each prediction from the folder's split.csv (``None`` per image
-    where there is none)."""
-    if predictions is None or split is None or "patient_id" not in split:
-        return None
-    ids = dict(zip(split["path"], split["patient_id"]))
-    return [ids.get(path) for path in predictions["path"]]
-
-
-def _read(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.is_file() else None

@@ -24,6 +24,7 @@ from medrepro.jobs.job_steps import FIRST_STEP, enter_step
 from medrepro.jobs.loggers import with_loggers
 from medrepro.jobs.model_card import write_model_card
 from medrepro.jobs.resume import check_checkpoint_fits, prepare_run_folder
+from medrepro.jobs.run_record import finish_training_folder, record_protocol
 from medrepro.jobs.settings_check import check_settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if start.checkpoint is not None:
         check_checkpoint_fits(model, start.checkpoint)
     callbacks = build_callbacks(cfg)
+    record_protocol(callbacks, cfg)  # results.json: experiment and the deviations from it
     logger, callbacks = with_loggers(cfg, callbacks)  # and, with a logger, the LR monitor
     trainer = build_trainer(cfg, callbacks, logger, output_dir)
 
@@ -82,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)[0]
     if is_first_process():  # once, not once per process of a DDP job
         write_model_card(output_dir)
+        finish_training_folder(output_dir)  # results.json allowed_checks, report.md
         log.info("Run folder: %s", output_dir.resolve())
     return {**validated, **tested}
 

@@ -1,5 +1,6 @@
-"""Group a sweep's runs into arms (the swept settings other than the seed) and pair each
-arm with the paper's arm from the experiment's ``reference:`` block."""
+"""Group a sweep's runs into arms (the swept settings other than the seed and the k-fold
+fold: seeds and folds are repetitions of an arm, not arms) and pair each arm with the
+paper's arm from the experiment's ``reference:`` block."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 
 from medrepro.jobs.report.runs import Run
 
-NOT_ARM_KEYS = ("seed",)
+NOT_ARM_KEYS = ("seed", "data.split.fold")
 
 
 @dataclass
@@ -22,6 +23,11 @@ class Arm:
     @property
     def completed(self) -> list[Run]:
         return [run for run in self.runs if run.completed]
+
+    @property
+    def kfold(self) -> bool:
+        """Whether the arm's runs are the folds of a k-fold cross-validation."""
+        return any(run.kfold for run in self.runs)
 
 
 def swept_keys(runs: list[Run]) -> list[str]:
@@ -44,7 +50,7 @@ def group_arms(runs: list[Run], reference: dict | None) -> list[Arm]:
     arms = []
     for values, members in groups.items():
         settings = dict(zip(keys, values))
-        members.sort(key=lambda r: (_sortable(r.seed), r.job))
+        members.sort(key=lambda r: (_sortable(r.seed), -1 if r.fold is None else r.fold, r.job))
         paper = _matching_arm(members[0], reference_arms)
         label = (paper or {}).get("label") or _label(settings)
         value = (paper or {}).get("value", _single_value(settings))

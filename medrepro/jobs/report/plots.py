@@ -1,5 +1,6 @@
 """The sweep report's figures: learning curves per arm (mean ± SD over runs), confusion
-matrices per arm, every arm's ROC curve on one plot, swept parameter vs main metric."""
+matrices per arm, every arm's ROC curve on one plot, swept parameter vs main metric, and a
+reliability diagram per arm."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, roc_curve
 
 from medrepro.core.figures import (
@@ -19,6 +21,7 @@ from medrepro.core.figures import (
     scale_loss_axis,
 )
 from medrepro.jobs.report.arms import Arm
+from medrepro.statistics.calibration import reliability_table
 
 
 def draw_arm_learning_curves(arms: list[Arm]) -> Figure | None:
@@ -153,6 +156,53 @@ def plot_parameter_vs_metric(
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return save_figure(figure, path)
+
+
+def draw_reliability_diagram(label: str, runs: list[tuple[str, np.ndarray, np.ndarray]],
+                             bins: int) -> Figure | None:
+    """An arm's reliability diagram: for each run (``(name, truth, probabilities)``, the
+    probabilities ``[N]`` of the positive class or ``[N, C]``) the observed frequency
+    against the mean predicted probability per equal-width bin (thin), the same for the
+    runs' pooled predictions (thick, points sized by the images in the bin), the diagonal
+    of perfect calibration, and below it how many images each bin holds (pooled)."""
+    runs = [(name, truth, probabilities) for name, truth, probabilities in runs if len(truth)]
+    if not runs:
+        return None
+    multi = np.asarray(runs[0][2]).ndim == 2
+    figure, (axis, counts_axis) = plt.subplots(2, 1, figsize=(5.5, 6.2), sharex=True,
+                                               gridspec_kw={"height_ratios": [3, 1]})
+    axis.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
+    for colour, (name, truth, probabilities) in zip(_colours(len(runs)), runs):
+        table = reliability_table(truth, probabilities, bins).dropna()
+        axis.plot(table["mean_confidence"], table["observed_frequency"], "-o", color=colour,
+                  linewidth=1, markersize=3, alpha=0.6, label=name)
+    truth = np.concatenate([t for _, t, _ in runs])
+    probabilities = np.concatenate([p for _, _, p in runs])
+    pooled = reliability_table(truth, probabilities, bins)
+    shown = pooled.dropna()
+    sizes = 15 + 150 * shown["count"] / max(int(shown["count"].max()), 1)
+    axis.plot(shown["mean_confidence"], shown["observed_frequency"], "-", color="black", linewidth=2,
+              label=f"pooled over {len(runs)} run(s)")
+    axis.scatter(shown["mean_confidence"], shown["observed_frequency"], s=sizes, color="black", zorder=3)
+    what = "top-label confidence" if multi else "predicted probability of the positive class"
+    axis.set_ylabel("fraction correct" if multi else "observed fraction positive")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(f"reliability diagram: {label} ({bins} bins)", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="upper left")
+    counts_axis.bar((pooled["low"] + pooled["high"]) / 2, pooled["count"], width=1 / bins * 0.9,
+                    color="C0")
+    counts_axis.set_xlabel(what)
+    counts_axis.set_ylabel("images (pooled)")
+    counts_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+    counts_axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_reliability_diagram(label: str, runs, bins: int, path: Path) -> Path | None:
+    figure = draw_reliability_diagram(label, runs, bins)
+    return None if figure is None else save_figure(figure, path)
 
 
 def slug(text: str) -> str:

@@ -1,5 +1,6 @@
-"""Run-to-run statistics, bootstrap confidence intervals over test images, and the
-Welch t-test that says whether two arms differ by more than run-to-run noise."""
+"""Run-to-run statistics, the test metrics of bootstrap resamples (by multiplicity
+weights, so resamples of whole patients may differ in length), and the Welch t-test that
+says whether two arms differ by more than run-to-run noise."""
 
 from __future__ import annotations
 
@@ -37,40 +38,53 @@ def metrics_from_predictions(truth, predicted, probabilities, class_keys, sample
     """The test metrics as the training computes them (torchmetrics conventions: binary
     tasks score class 1; multi-class tasks macro-average, accuracy is the fraction
     correct; a metric with an empty denominator is 0), for each resample in ``samples``
-    (``[B, N]`` indices; ``None``: the data as is). Returns name -> ``[B]`` array."""
+    (index arrays into the images, as many as wanted, of any lengths: a ``[B, N]`` array or
+    a list of 1-D arrays, e.g. the resamples of a bootstrap over patients; ``None``: the
+    data as is). Returns name -> ``[B]`` array."""
+    n = len(truth)
+    if samples is None:
+        weights = np.ones((1, n))
+    else:
+        weights = np.stack([np.bincount(np.asarray(s, dtype=np.int64), minlength=n)
+                            for s in samples]).astype(float) if len(samples) else np.zeros((0, n))
+    return metrics_from_weights(truth, predicted, probabilities, class_keys, weights)
+
+
+def metrics_from_weights(truth, predicted, probabilities, class_keys, weights) -> dict:
+    """:func:`metrics_from_predictions` with each resample given as ``weights`` ``[B, N]``:
+    how many times each image is in it (a resample's multiset of images; the metrics of a
+    resample depend on nothing else). Returns name -> ``[B]`` array."""
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    probabilities = np.asarray(probabilities, dtype=float)
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
     n_classes = probabilities.shape[1]
-    samples = np.arange(len(truth))[None, :] if samples is None else samples
-    t, p = truth[samples], predicted[samples]
-    confusion = np.zeros((len(samples), n_classes, n_classes))
-    for true_class in range(n_classes):
-        for predicted_class in range(n_classes):
-            confusion[:, true_class, predicted_class] = ((t == true_class) & (p == predicted_class)).sum(1)
+    pairs = np.zeros((len(truth), n_classes * n_classes))
+    pairs[np.arange(len(truth)), truth * n_classes + predicted] = 1
+    confusion = (weights @ pairs).reshape(len(weights), n_classes, n_classes)
+    total = weights.sum(1)
     tp = np.diagonal(confusion, axis1=1, axis2=2)
     fp, fn = confusion.sum(1) - tp, confusion.sum(2) - tp
-    tn = confusion.sum((1, 2))[:, None] - tp - fp - fn
+    tn = total[:, None] - tp - fp - fn
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     specificity = _ratio(tn, tn + fp)
-    values = {"acc": tp.sum(1) / samples.shape[1]}
+    values = {"acc": _ratio(tp.sum(1), total)}
     if n_classes == 2:
         values.update(precision=precision[:, 1], recall=recall[:, 1], f1=f1[:, 1],
                       specificity=specificity[:, 1])
     else:
         values.update(precision=precision.mean(1), recall=recall.mean(1), f1=f1.mean(1),
                       specificity=specificity.mean(1))
-    one_hot = np.eye(n_classes)[t]
-    values["mse"] = ((probabilities[samples] - one_hot) ** 2).mean((1, 2))
-    values["auroc"] = _auroc(t, probabilities[samples])
+    one_hot = np.eye(n_classes)[truth]
+    squared_error = ((probabilities - one_hot) ** 2).mean(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values["mse"] = weights @ squared_error / total
+    values["auroc"] = _auroc(truth, probabilities, weights)
     for i, key in enumerate(class_keys):
         values[f"precision_{key}"], values[f"recall_{key}"], values[f"f1_{key}"] = (
             precision[:, i], recall[:, i], f1[:, i]
         )
     return values
-
-
-def bootstrap_samples(n: int, resamples: int, seed: int = 0) -> np.ndarray:
-    """``[resamples, n]`` indices drawn with replacement (seeded: the same report twice)."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
 @dataclass
@@ -90,6 +104,7 @@ class Comparison:
 
 
 def welch(first: str, a: list[float], second: str, b: list[float]) -> Comparison:
+    """Welch's two-sample t-test (unequal variances, two-sided) of two arms' run values."""
     a = [v for v in a if v is not None and math.isfinite(v)]
     b = [v for v in b if v is not None and math.isfinite(v)]
     difference = float(np.mean(a) - np.mean(b)) if a and b else math.nan
@@ -104,21 +119,28 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
                      where=denominator > 0)
 
 
-def _auroc(truth: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """AUROC of each row of ``truth`` ``[B, N]`` and ``probabilities`` ``[B, N, C]`` by the
-    Mann-Whitney rank statistic (ties get average ranks, as in scikit-learn): binary
-    tasks score class 1; multi-class tasks average the one-vs-rest AUROC of every class
+def _auroc(truth: np.ndarray, probabilities: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of each resample (a row of ``weights``: how often each image is in it) by the
+    Mann-Whitney statistic, ties counting one half (as scikit-learn): binary tasks score
+    class 1; multi-class tasks average the one-vs-rest AUROC of every class
     (scikit-learn's ``multi_class="ovr", average="macro"``). NaN where a class is absent."""
-    n_classes = probabilities.shape[2]
+    n_classes = probabilities.shape[1]
     classes = [1] if n_classes == 2 else range(n_classes)
     per_class = []
     for c in classes:
-        positive = truth == c
-        n_positive = positive.sum(1)
-        n_negative = truth.shape[1] - n_positive
-        ranks = stats.rankdata(probabilities[:, :, c], axis=1)
-        u = (ranks * positive).sum(1) - n_positive * (n_positive + 1) / 2
+        order = np.argsort(probabilities[:, c], kind="stable")
+        scores = probabilities[order, c]
+        starts = np.flatnonzero(np.concatenate([[True], scores[1:] != scores[:-1]]))
+        positive = (truth[order] == c).astype(float)
+        if not len(scores):
+            per_class.append(np.full(len(weights), np.nan))
+            continue
+        # per distinct score: the weight of positive and of negative images with it
+        pos = np.add.reduceat(weights[:, order] * positive, starts, axis=1)
+        neg = np.add.reduceat(weights[:, order] * (1 - positive), starts, axis=1)
+        below = np.cumsum(neg, axis=1) - neg  # negatives with a lower score
+        n_pos, n_neg = pos.sum(1), neg.sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            per_class.append(np.where((n_positive > 0) & (n_negative > 0),
-                                      u / (n_positive * n_negative), np.nan))
+            auc = (pos * (below + neg / 2)).sum(1) / (n_pos * n_neg)
+        per_class.append(np.where((n_pos > 0) & (n_neg > 0), auc, np.nan))
     return np.mean(per_class, axis=0)

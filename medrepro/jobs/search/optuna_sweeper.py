@@ -58,6 +58,17 @@ def direction_of(metric: str) -> str:
     return "minimize" if name in LOWER_IS_BETTER else "maximize"
 
 
+def check_no_search_over_folds(choices) -> None:
+    """Raise :class:`ConfigError` when ``cv`` (k-fold cross-validation) is chosen too: the
+    search would tune ``data.split.fold`` like a hyper-parameter and report the fold that
+    happened to score best."""
+    if choices.get("cv"):
+        raise ConfigError(
+            f"hparams_search=optuna cannot be combined with cv={choices.get('cv')}: the search would "
+            "pick the fold that scores best; search first, then run cv=kfold with the settings it found."
+        )
+
+
 def check_searched_metric(metric) -> None:
     """Raise :class:`ConfigError` unless ``metric`` is a validation metric (``val/...``)."""
     if not metric:
@@ -94,6 +105,7 @@ class ContinuableOptunaSweeper(OptunaSweeper):
         metric = config.get("optimized_metric")
         try:
             check_searched_metric(metric)
+            check_no_search_over_folds(config.hydra.runtime.choices)
         except ConfigError as error:
             _stop(str(error))
         if search.direction == "auto":
