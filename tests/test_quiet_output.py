@@ -30,6 +30,8 @@ NOISE = {
     "torch's LeafSpec deprecation warning": re.compile(r"LeafSpec"),
     "Lightning's advertising tip": re.compile(r"💡|Tip:|litlogger|litmodels"),
     "Lightning's limit_* lines": re.compile(r"Trainer\(limit_\w+=.*\) was configured"),
+    # only where trainer.precision=auto picks bf16-mixed (CPUs with native bfloat16)
+    "Lightning's model summary on bf16": re.compile(r"is not supported by the model summary"),
 }
 # "[2026-01-01 12:00:00,000][name][INFO] - " or "[2026-...][HYDRA] ": what a log line adds
 LOG_PREFIX = re.compile(r"^(\[[^\]]*\])+( - )?\s*")

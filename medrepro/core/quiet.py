@@ -9,7 +9,9 @@ its message and the module that emits it; every other warning and log line stays
   inside Lightning (``pytorch_lightning/utilities/_pytree.py``) on every fit, validate and test;
 * Lightning's advertising tips (``💡 Tip: ... litlogger`` / ``litmodels``);
 * Lightning's ``Trainer(limit_train_batches=1) was configured so ...`` lines, which repeat
-  the ``trainer.limit_*`` values the user set (and which results.json records).
+  the ``trainer.limit_*`` values the user set (and which results.json records);
+* Lightning's model summary saying it does not know ``bf16-mixed`` (it sizes the parameters
+  at 32 bits instead), on every run with the CPU default precision.
 
 :data:`FILE_ONLY` marks a log record for the job's log file only (see
 :class:`HideFileOnlyRecords`): a message the command also prints to stderr as
@@ -35,6 +37,13 @@ LIBRARY_WARNINGS = (
         r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
         UserWarning,
         r"(pytorch_lightning|lightning\.pytorch)\.trainer\.call",
+    ),
+    # Lightning's model summary sizes parameters by precision and knows no bf16-mixed (the
+    # default on CPUs with native bfloat16): it falls back to 32 bits and says so every run
+    (
+        r"Precision \S+ is not supported by the model summary",
+        UserWarning,
+        r"(pytorch_lightning|lightning\.pytorch)\.utilities\.model_summary",
     ),
     # DDP: the epoch metrics are torchmetrics, synchronised across processes when computed
     (

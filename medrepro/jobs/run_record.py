@@ -1,6 +1,6 @@
 """What the training job adds to results.json beside the callbacks' own record: the
 experiment and the run's deviations from it (known before training, so that a run that
-fails records them too) and what the pre-training checks allowed (after the test).
+fails records them too) and what the pre-training checks allowed (right after them).
 
 The ResultsJSON callback rewrites the whole results.json at every stage from its ``results``
 dict, so the deviations go into that dict rather than into the file."""
@@ -11,13 +11,11 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medrepro.callbacks.results_json import ResultsJSON
-from medrepro.core.run_folder import SPLIT_CSV
-from medrepro.jobs.report.allowed_checks import record_allowed_checks
+from medrepro.jobs.report.allowed_checks import allowed_checks
 from medrepro.jobs.report.protocol_deviations import experiment_name, protocol_record
-from medrepro.jobs.report.run_metrics import read_table
 from medrepro.jobs.report.run_report import write_run_report_after_job
 
 log = logging.getLogger(__name__)
@@ -43,13 +41,21 @@ def record_protocol(callbacks: list[pl.Callback], cfg: DictConfig) -> dict:
     return record
 
 
+def record_allowed(callbacks: list[pl.Callback], cfg: DictConfig, datamodule) -> dict:
+    """After the checks before training: add ``allowed_checks`` (results.json) to the
+    ResultsJSON callback's record, from the data module's findings and split, so that every
+    later write of results.json (and the copy a logger uploads at the end) holds it."""
+    results = {"data": datamodule.data_facts(),
+               "config": {"data": {"checks": OmegaConf.to_container(cfg.data.get("checks") or {},
+                                                                     resolve=True)}}}
+    record = {"allowed_checks": allowed_checks(results, datamodule.manifest)}
+    for callback in callbacks:
+        if isinstance(callback, ResultsJSON):
+            callback.results.update(record)
+    return record["allowed_checks"]
+
+
 def finish_training_folder(run_dir: str | Path) -> None:
-    """After the test (the callbacks have written results.json for the last time): add
-    ``allowed_checks`` to results.json, then write report.md. Neither fails the completed
-    run: a failure is logged as a warning."""
-    try:
-        record_allowed_checks(run_dir, read_table(Path(run_dir) / SPLIT_CSV))
-    except Exception as error:  # noqa: BLE001  (a by-product: the run's results stand)
-        log.warning("allowed_checks was not recorded in results.json (%s: %s).",
-                    type(error).__name__, error)
+    """After the test (the callbacks have written results.json for the last time): write
+    report.md. It does not fail the completed run: a failure is logged as a warning."""
     write_run_report_after_job(run_dir)

@@ -24,7 +24,7 @@ from medrepro.jobs.job_steps import FIRST_STEP, enter_step
 from medrepro.jobs.loggers import with_loggers
 from medrepro.jobs.model_card import write_model_card
 from medrepro.jobs.resume import check_checkpoint_fits, prepare_run_folder
-from medrepro.jobs.run_record import finish_training_folder, record_protocol
+from medrepro.jobs.run_record import finish_training_folder, record_allowed, record_protocol
 from medrepro.jobs.settings_check import check_settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     enter_step("data_check")
     check_before_training(datamodule)  # the quick data audit: stops on leakage or bad files
+    record_allowed(callbacks, cfg, datamodule)  # results.json: what the checks let through
     enter_step("training")
     trainer.fit(model, datamodule=datamodule, ckpt_path=start.checkpoint, weights_only=True)
     if trainer.interrupted:
@@ -84,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tested = trainer.test(model, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)[0]
     if is_first_process():  # once, not once per process of a DDP job
         write_model_card(output_dir)
-        finish_training_folder(output_dir)  # results.json allowed_checks, report.md
+        finish_training_folder(output_dir)  # report.md
         log.info("Run folder: %s", output_dir.resolve())
     return {**validated, **tested}
 
