@@ -55,7 +55,7 @@ RUN = [
     "optimizer.lr=0.01", "trainer.batch_size=8", f"trainer.max_epochs={EPOCHS}",
     # learning rate 0.01 in epochs 0 and 1, then -0.03: the validation loss goes up again
     "scheduler=step", "scheduler.step_size=2", "scheduler.gamma=-3",
-    "trainer.enable_progress_bar=false", "logger=none", "~callbacks.run_plots",
+    "trainer.enable_progress_bar=false", "logger=none", "~callbacks.run_plots", "~callbacks.failure_gallery",
     # float32: evaluate() below recomputes the losses in float32, and bf16-mixed (what
     # trainer.precision=auto gives on a CPU with native bfloat16) rounds activations to 8 bits
     "trainer.precision=32-true",

@@ -41,7 +41,7 @@ EXPERIMENTS = {  # name -> (arms, real data config)
 }
 SEEDS = 3
 FAST = ["model.name=test_resnet", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-        "~callbacks.run_plots", "hydra.callbacks.sweep_report.resamples=200"]
+        "~callbacks.run_plots", "~callbacks.failure_gallery", "hydra.callbacks.sweep_report.resamples=200"]
 
 
 def compose_experiment(name: str, *overrides: str):

@@ -32,7 +32,7 @@ PARALLEL = 2
 SEEDS = (0, 1, 2, 3)
 SWEEP = ["-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={PARALLEL}",
          "experiment=brain_mri_inception", "debug=smoke", "model.name=test_resnet",
-         "trainer.max_epochs=3", "~callbacks.run_plots", "hydra.callbacks.sweep_report.resamples=200"]
+         "trainer.max_epochs=3", "~callbacks.run_plots", "~callbacks.failure_gallery", "hydra.callbacks.sweep_report.resamples=200"]
 # the GPUs the sweep may use, and thread counts the shell set that a job must not keep
 # (joblib passes them on to its workers as it finds them; torch follows both)
 ENVIRONMENT = {"CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}

@@ -181,7 +181,7 @@ def smoke_command(sweep_dir: Path, demo_dir: Path) -> list[str]:
     its report at the end of the multirun with SMOKE_RESAMPLES resamples."""
     return [sys.executable, "train.py", "-m", "experiment=cardiomegaly_inception", "debug=smoke",
             "model.name=test_resnet", "trainer.limit_train_batches=1",
-            "trainer.limit_val_batches=1", "~callbacks.run_plots",
+            "trainer.limit_val_batches=1", "~callbacks.run_plots", "~callbacks.failure_gallery",
             f"hydra.callbacks.sweep_report.resamples={SMOKE_RESAMPLES}",
             f"paths.demo_dir={demo_dir}", f"paths.cache_dir={demo_dir / 'cache'}",
             f"hydra.sweep.dir={sweep_dir}"]

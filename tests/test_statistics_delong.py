@@ -15,6 +15,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from medrepro.statistics.delong import (
+    auc,
     delong_auc_variance,
     delong_covariance,
     delong_interval,
@@ -70,6 +71,16 @@ def test_the_auc_is_scikit_learns_also_with_ties():
     for seed in range(5):
         truth, a, _ = two_models(seed=seed, rounding=1)
         assert delong_auc_variance(truth, a)[0] == pytest.approx(roc_auc_score(truth, a), abs=1e-12)
+
+
+def test_the_fast_auc_is_scikit_learns_with_ties_and_nan_without_a_class():
+    for seed in range(5):
+        truth, a, b = two_models(seed=seed, rounding=1)
+        assert auc(truth, a) == pytest.approx(roc_auc_score(truth, a), abs=1e-12)
+        assert auc(truth, -b) == pytest.approx(roc_auc_score(truth, -b), abs=1e-12)
+    truth, scores = hanley_mcneil()
+    assert auc(truth, scores) == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    assert math.isnan(auc([1, 1, 1], [0.2, 0.5, 0.9]))
 
 
 def test_the_hanley_mcneil_ratings_give_the_published_area():

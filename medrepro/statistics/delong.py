@@ -45,6 +45,21 @@ class PairedDelong(NamedTuple):
     p_value: float  # two-sided; NaN where the difference has no variance
 
 
+def auc(truth, scores) -> float:
+    """The area under the ROC curve of one score (ties count one half), from the mid-ranks
+    (Mann-Whitney U / (n1 n0)); NaN when a class is absent. Equal to scikit-learn's
+    ``roc_auc_score`` without its per-call input validation, which costs milliseconds: the
+    bootstrap calls this a thousand times per report."""
+    truth = np.asarray(truth).astype(bool)
+    scores = np.asarray(scores, dtype=float)
+    positives = int(truth.sum())
+    negatives = len(truth) - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = stats.rankdata(scores)
+    return float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
 def delong_covariance(truth, scores) -> tuple[np.ndarray, np.ndarray]:
     """AUCs and their DeLong covariance matrix for ``k`` scores of the same images.
 

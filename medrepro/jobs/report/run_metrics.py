@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from medrepro.statistics.bootstrap import group_keys, grouped_bootstrap_interval
-from medrepro.statistics.delong import delong_interval
+from medrepro.statistics.delong import auc, delong_interval
 from medrepro.statistics.proportions import Proportion, proportion
 
 RESAMPLES = 1000  # bootstrap resamples of the patients
@@ -41,9 +40,9 @@ def auroc(truth: np.ndarray, probabilities: np.ndarray) -> float:
     if len(np.unique(truth)) < probabilities.shape[1]:
         return math.nan
     if probabilities.shape[1] == 2:
-        return float(roc_auc_score(truth, probabilities[:, 1]))
-    return float(roc_auc_score(truth, probabilities, multi_class="ovr", average="macro",
-                               labels=list(range(probabilities.shape[1]))))
+        return auc(truth == 1, probabilities[:, 1])
+    # one-vs-rest, macro: the unweighted mean of each class's AUROC against the rest
+    return float(np.mean([auc(truth == c, probabilities[:, c]) for c in range(probabilities.shape[1])]))
 
 
 @dataclass(frozen=True)
