@@ -32,9 +32,7 @@ def record_protocol(callbacks: list[pl.Callback], cfg: DictConfig) -> dict:
                     type(error).__name__, error)
         record = {"experiment": experiment_name(), "deviations": None,
                   "deviations_error": f"{type(error).__name__}: {error}"}
-    for callback in callbacks:
-        if isinstance(callback, ResultsJSON):
-            callback.results.update(record)
+    _add_to_results(callbacks, record)
     if record.get("deviations"):
         log.info("%d setting(s) differ from experiment %s (results.json deviations, report.md).",
                  len(record["deviations"]), record["experiment"])
@@ -49,10 +47,15 @@ def record_allowed(callbacks: list[pl.Callback], cfg: DictConfig, datamodule) ->
                "config": {"data": {"checks": OmegaConf.to_container(cfg.data.get("checks") or {},
                                                                      resolve=True)}}}
     record = {"allowed_checks": allowed_checks(results, datamodule.manifest)}
+    _add_to_results(callbacks, record)
+    return record["allowed_checks"]
+
+
+def _add_to_results(callbacks: list[pl.Callback], record: dict) -> None:
+    """``record``'s keys into the ResultsJSON callback's record, which it writes whole."""
     for callback in callbacks:
         if isinstance(callback, ResultsJSON):
             callback.results.update(record)
-    return record["allowed_checks"]
 
 
 def finish_training_folder(run_dir: str | Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pandas as pd
 
 from medrepro.core.records import SPLITS
-from medrepro.core.run_folder import RESULTS_JSON, read_results, write_results
 
 TRAIN, TEST = "train", "test"
 COPIES = "identical_files_across_splits"
@@ -67,14 +66,3 @@ def tested_images_of_training_patients(split: pd.DataFrame | None) -> int | None
     used = split[split["split"].isin(SPLITS) & split["patient_id"].notna()]
     in_training = set(used.loc[used["split"] == TRAIN, "patient_id"])
     return int((used["split"].eq(TEST) & used["patient_id"].isin(in_training)).sum())
-
-
-def record_allowed_checks(run_dir, split: pd.DataFrame | None) -> dict | None:
-    """Add ``allowed_checks`` to the run folder's results.json (after the test, when no
-    callback writes it any more); return it (``None`` without a results.json)."""
-    results = read_results(run_dir)
-    if results is None:
-        return None
-    results["allowed_checks"] = allowed_checks(results, split)
-    write_results(f"{run_dir}/{RESULTS_JSON}", results)
-    return results["allowed_checks"]

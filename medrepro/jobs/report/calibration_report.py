@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from medrepro.jobs.report.formatting import show
+from medrepro.jobs.report.formatting import finite, show
 from medrepro.jobs.report.runs import Run
 from medrepro.jobs.report.test_sets import ArmTestSet, RunTest
 from medrepro.statistics.calibration import CALIBRATION_METHOD, calibration_errors
@@ -90,7 +90,7 @@ def threshold_text(run: Run) -> str:
         chosen = point.get("chosen_on") or "?"
         return f"{float(point['threshold']):.4g} ({rule}, {chosen})"
     configured = run.select("model.threshold")
-    number = _number(configured)
+    number = finite(configured)
     shown = f"{number:g}" if number is not None else "0.5"
     return f"{shown} (not recorded: predictions.csv's predicted column)"
 
@@ -135,14 +135,6 @@ def _rate(proportion) -> str:
 
 def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else math.nan
-
-
-def _number(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _seed(run: Run) -> str:

@@ -10,6 +10,15 @@ import pandas as pd
 RATES = ("acc", "precision", "recall", "f1", "specificity", "sensitivity", "ppv", "npv")
 
 
+def finite(value) -> float | None:
+    """``value`` as a float, ``None`` where missing, not a number or not finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def is_rate(metric: str) -> bool:
     """Whether ``metric`` (``test/acc``, ``val/recall_normal``, ``ppv``) is shown in %."""
     name = metric.partition("/")[2] or metric

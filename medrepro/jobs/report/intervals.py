@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medrepro.jobs.report.formatting import finite
 from medrepro.jobs.report.test_sets import ArmTestSet, RunTest
 from medrepro.statistics.arm_interval import ArmInterval, arm_mean_interval
 from medrepro.statistics.bootstrap import percentile_interval
@@ -88,9 +89,3 @@ def arm_method(interval: ArmInterval) -> str:
     return ARM_SHARED if math.isfinite(interval.test_set_variance) else ARM_SEPARATE
 
 
-def finite(value) -> float | None:
-    """``value`` as a float, ``None`` where missing or not finite."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None

@@ -13,8 +13,8 @@ import pandas as pd
 
 from medrepro.core.run_folder import class_key
 from medrepro.jobs.report.arms import Arm
-from medrepro.jobs.report.formatting import show, show_interval
-from medrepro.jobs.report.intervals import LEVEL, finite
+from medrepro.jobs.report.formatting import finite, show, show_interval
+from medrepro.jobs.report.intervals import LEVEL
 from medrepro.jobs.report.runs import Run
 from medrepro.jobs.report.statistics import mean_sd, metrics_from_predictions, prediction_arrays
 from medrepro.jobs.report.test_sets import BOOTSTRAP_SEED, usable_predictions

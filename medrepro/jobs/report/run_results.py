@@ -5,7 +5,6 @@ statistical methods."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from medrepro.core.run_folder import (
     class_key,
 )
 from medrepro.jobs.report.arms import group_arms
+from medrepro.jobs.report.formatting import finite, is_rate
 from medrepro.jobs.report.paper_comparison import paper_comparison_sentence
 from medrepro.jobs.report.run_contents import Predictions, RunContents
 from medrepro.jobs.report.run_metrics import (
@@ -40,7 +40,6 @@ FAILURES = "Failure analysis"
 PAPER = "Paper comparison"
 METHODS = "Statistical methods"
 DEFAULT_BINS = 15
-RATES = ("acc", "precision", "recall", "f1", "specificity")
 MOST_CONFIDENT_ERRORS = 5
 
 
@@ -213,7 +212,7 @@ def paper_lines(run: RunContents, deviations: list | None) -> list[str]:
             continue
         ours, low, high = our_value(run, metric)
         sentence = paper_comparison_sentence(metric, paper, ours, low, high,
-                                             percent=_is_rate(metric))
+                                             percent=is_rate(metric))
         lines.append(f"- {sentence}{spread}")
     return [*lines, ""]
 
@@ -257,8 +256,8 @@ def our_value(run: RunContents, metric: str) -> tuple[float | None, float | None
     if stage == "train" and run.history is not None and metric in run.history:
         epochs = run.history["epoch"].astype(int)
         rows = run.history[epochs == run.tested_epoch] if run.tested_epoch in set(epochs) else run.history
-        return _finite(rows[metric].iloc[-1]), None, None
-    return _finite((run.results.get(stage) or {}).get(name)), None, None
+        return finite(rows[metric].iloc[-1]), None, None
+    return finite((run.results.get(stage) or {}).get(name)), None, None
 
 
 def _interval(run: RunContents, predictions: Predictions, name: str):
@@ -282,19 +281,6 @@ def _interval(run: RunContents, predictions: Predictions, name: str):
         share = rates["sensitivity" if base == "recall" else "ppv"]
         return share.value, share.low, share.high
     return None
-
-
-def _is_rate(metric: str) -> bool:
-    name = metric.partition("/")[2] or metric
-    return name.split("_")[0] in RATES
-
-
-def _finite(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def methods_lines(binary: bool, resamples: int = RESAMPLES) -> list[str]:

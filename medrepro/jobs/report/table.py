@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from medrepro.jobs.report.arms import Arm
-from medrepro.jobs.report.formatting import whole_numbers
-from medrepro.jobs.report.intervals import Interval, arm_interval, arm_method, finite, run_intervals
+from medrepro.jobs.report.formatting import finite, whole_numbers
+from medrepro.jobs.report.intervals import Interval, arm_interval, arm_method, run_intervals
 from medrepro.jobs.report.statistics import mean_sd
 from medrepro.jobs.report.test_sets import ArmTestSet
 
