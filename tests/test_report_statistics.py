@@ -479,3 +479,23 @@ def test_kfold_folds_form_one_arm_with_pooled_out_of_fold_predictions(kfold_swee
     tests = [0.6, 0.675, 0.7]
     assert f"test/acc {100 * np.mean(tests):.2f} ± {100 * np.std(tests, ddof=1):.2f}" in section
     assert f"AUROC {roc_auc_score(truth, scores):.4f}, 95 % CI {low:.4f} to {min(high, 1):.4f} (DeLong)" in section
+
+
+def test_failure_analysis_counts_each_runs_errors_and_links_its_gallery(arms_sweep):
+    """Each run's misclassified test images (counted here from its predictions.csv) and
+    links to its gallery pictures and report.md where the run folder has them."""
+    sweep = arms_sweep["sweep"]
+    (sweep / "0" / "gallery").mkdir(exist_ok=True)
+    (sweep / "0" / "gallery" / "false_positives.png").write_bytes(b"png")
+    (sweep / "0" / "report.md").write_text("# Run report\n")
+    text = write_report(sweep, resamples=RESAMPLES).read_text()
+    section = text.split("## Failure analysis")[1].split("\n## ")[0]
+    for job, frame in arms_sweep["predictions"].items():
+        wrong = int((frame["label"] != frame["predicted"]).sum())
+        row = next(line for line in section.splitlines() if f"| {job} | {wrong} of {len(frame)} |" in line)
+        if job == 0:
+            assert "[false_positives](0/gallery/false_positives.png)" in row
+            assert "[report.md](0/report.md)" in row
+        else:
+            assert row.endswith("| – | – |")
+    assert "| CLAIM 2024 | 38 | Results | Failure analysis of misclassified cases | [Failure analysis](#failure-analysis) |" in text

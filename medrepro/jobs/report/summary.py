@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medrepro.core.run_folder import GALLERY_FOLDER, REPORT_MD
 from medrepro.jobs.job_steps import describe_step
 from medrepro.jobs.report import plots
 from medrepro.jobs.report.arms import Arm, group_arms
@@ -66,6 +67,7 @@ CALIBRATION = "Calibration"
 KFOLD = "Cross-validation (k-fold)"
 METHODS = "Statistical methods"
 CHECKLIST = "Reporting checklist (CLAIM 2024, TRIPOD+AI)"
+FAILURES = "Failure analysis"
 
 
 def write_report(sweep_dir: str | Path, resamples: int = 1000) -> Path:
@@ -204,6 +206,7 @@ def _markdown(parts: _Parts, figures, reliability) -> str:
     lines += ["", f"## {OPERATING_POINT}", "",
               *operating_point_lines(parts.test_sets, parts.binary, parts.classes)]
     lines += ["", f"## {CALIBRATION}", "", *calibration_lines(parts.test_sets, parts.bins, reliability)]
+    lines += ["", f"## {FAILURES}", "", *_failure_lines(arms, parts.sweep_dir)]
     kfold_arms = [arm for arm in arms if arm.kfold]
     if kfold_arms:
         lines += ["", f"## {KFOLD}", ""]
@@ -229,13 +232,36 @@ def _checklist_answers(flagged: list[str], kfold: bool) -> dict[str, str]:
         "model_selection": section_link(EPOCHS), "epochs": section_link(EPOCHS),
         "discrimination": section_link(ARMS), "operating_point": section_link(OPERATING_POINT),
         "calibration": section_link(CALIBRATION), "statistics_methods": section_link(METHODS),
-        "paper_comparison": section_link(PAPER),
+        "paper_comparison": section_link(PAPER), "failure_analysis": section_link(FAILURES),
     }
     if kfold:
         answers["split"] += ", " + section_link(KFOLD)
     if flagged:
         answers["deviations"] = section_link(DEVIATIONS)
     return answers
+
+
+def _failure_lines(arms: list[Arm], sweep_dir: Path) -> list[str]:
+    """Per completed run: its misclassified test images (predictions.csv at the run's
+    operating point) and links to its failure gallery and report.md, where they are."""
+    lines = [("Misclassified test images of each run (at its operating point), with its failure "
+              "gallery (the most confident errors and correct cases with their Grad-CAM maps) and "
+              "its report.md (the most confident errors by name)."), "",
+             "| arm | seed | job | misclassified | gallery | report |", "|---|---|---|---|---|---|"]
+    rows = 0
+    for arm in arms:
+        for run in arm.completed:
+            if run.predictions is None or not len(run.predictions):
+                continue
+            wrong = int((run.predictions["label"] != run.predictions["predicted"]).sum())
+            folder = run.folder.relative_to(sweep_dir).as_posix()
+            pictures = sorted((run.folder / GALLERY_FOLDER).glob("*.png"))
+            gallery = ", ".join(f"[{p.stem}]({folder}/{GALLERY_FOLDER}/{p.name})" for p in pictures)
+            report = f"[report.md]({folder}/{REPORT_MD})" if (run.folder / REPORT_MD).is_file() else ""
+            lines.append(f"| {arm.label} | {run.seed} | {run.job} | {wrong} of {len(run.predictions)} "
+                         f"| {gallery or '–'} | {report or '–'} |")
+            rows += 1
+    return lines if rows else ["No completed run with test predictions."]
 
 
 def _runs_table(arms: list[Arm], main: str) -> list[str]:
