@@ -79,6 +79,16 @@ def test_smoke_mode_lists_what_it_changes(tmp_path):
     }
     for key, values in expected.items():
         assert found.get(key) == values, key
+    # the demo data's source is another class than the paper's: one deviation, with the
+    # settings of each side that differ (conf/data/brain_mri.yaml's source without its
+    # title and download hint; conf/data/demo_brain_mri.yaml's with smoke.yaml's sizes)
+    assert found["data.source"] == (
+        {"_target_": "medrepro.datamodules.sources.published.PublishedSource",
+         "demo": "demo_brain_mri", "nestings": ["", "brain_tumor_dataset"],
+         "fixed_layout": "class_folders"},
+        {"_target_": "medrepro.datamodules.sources.demo.DemoSource", "dataset": "brain_mri",
+         "image_size": 96, "images_per_class": 16, "seed": 0})
+    assert not [k for k in found if k.startswith("data.source.")]
     not_protocol = ("paths.", "hydra.", "task_name", "data.root", "data.cache", "logger",
                     "data.loader.num_workers", "trainer.enable_progress_bar",
                     "trainer.accelerator", "trainer.devices", "seed", "augment.seed")

@@ -58,6 +58,8 @@ PROTOCOL_CALLBACKS = ("callbacks.model_checkpoint.monitor", "callbacks.model_che
 # one protocol differ in (the seed, and what follows it, e.g. augment.seed)
 RUN_TO_RUN = ("seed",)
 MISSING = "(not set)"  # a key that only one of the two configs has
+# a component's class (Hydra's instantiation key): a component whose class differs is one deviation
+TARGET_SUFFIX = "._target_"
 
 
 def experiment_name() -> str | None:
@@ -89,14 +91,32 @@ def deviations(run_config: DictConfig | dict, experiment: str, overrides: list[s
     value in ``run_config`` differs from the experiment's own config, in key order;
     ``overrides`` are the job's (they give the swept settings' values). Both configs are
     walked together: a setting that is a group of settings in one and a single value in
-    the other (``data.split.paper``: counts vs null) is one deviation, not one per count."""
+    the other (``data.split.paper``: counts vs null) is one deviation, not one per count,
+    and so is a component of another class (:func:`replaced_components`)."""
     reference = experiment_config(experiment, overrides)
     found = []
     for key, theirs, mine in differing_settings(resolved_settings(reference),
                                                 resolved_settings(run_config)):
         if is_protocol_key(key):
             found.append({"key": key, "experiment": theirs, "run": mine})
-    return sorted(found, key=lambda d: d["key"])
+    return sorted(replaced_components(found), key=lambda d: d["key"])
+
+
+def replaced_components(found: list[dict]) -> list[dict]:
+    """``found`` with the deviations below a component whose class (``_target_``) differs
+    made one: ``{"key": the component, "experiment": ..., "run": ...}``, each side the
+    component's settings that differ (its class first). The settings of two different
+    classes (the paper's data source and the demo data's, say) are not one setting changed
+    each, so they are not listed key by key."""
+    components = [d["key"][: -len(TARGET_SUFFIX)] for d in found if d["key"].endswith(TARGET_SUFFIX)]
+    kept = [d for d in found if not any(_under(d["key"], c) for c in components)]
+    for component in components:
+        below = sorted((d for d in found if _under(d["key"], component)),
+                       key=lambda d: (not d["key"].endswith(TARGET_SUFFIX), d["key"]))
+        sides = {side: {d["key"][len(component) + 1:]: d[side] for d in below
+                        if d[side] != MISSING} for side in ("experiment", "run")}
+        kept.append({"key": component, **sides})
+    return kept
 
 
 def differing_settings(first, second, prefix: str = ""):
