@@ -58,6 +58,8 @@ PROTOCOL_CALLBACKS = ("callbacks.model_checkpoint.monitor", "callbacks.model_che
 # one protocol differ in (the seed, and what follows it, e.g. augment.seed)
 RUN_TO_RUN = ("seed",)
 MISSING = "(not set)"  # a key that only one of the two configs has
+# experiment_sweep's answers: (experiment, config tree) -> swept key -> values
+_EXPERIMENT_SWEEPS: dict[tuple, dict[str, list | None]] = {}
 # a component's class (Hydra's instantiation key): a component whose class differs is one deviation
 TARGET_SUFFIX = "._target_"
 
@@ -135,7 +137,7 @@ def experiment_config(experiment: str, overrides: list[str]) -> DictConfig:
     one of the experiment's swept settings to one of the values it sweeps, or a setting of
     :data:`RUN_TO_RUN` (the seed) to any value."""
     base = [f"{EXPERIMENT_GROUP}={experiment}"]
-    swept = sweep_values(compose_config(base).hydra.sweeper.get("params") or {})
+    swept = experiment_sweep(experiment)
     parser = OverridesParser.create()
     kept = []
     for text in overrides:
@@ -147,6 +149,25 @@ def experiment_config(experiment: str, overrides: list[str]) -> DictConfig:
                 same_value(override.value(), v) for v in swept[key]))):
             kept.append(text.lstrip("+"))
     return compose_config(base + kept)
+
+
+def experiment_sweep(experiment: str) -> dict[str, list | None]:
+    """:func:`sweep_values` of the experiment's own ``hydra.sweeper.params``, composed once
+    per config tree in a process (every job of a sweep asks for the same experiment's)."""
+    key = (experiment, _config_tree())
+    if key not in _EXPERIMENT_SWEEPS:
+        params = compose_config([f"{EXPERIMENT_GROUP}={experiment}"]).hydra.sweeper.get("params")
+        _EXPERIMENT_SWEEPS[key] = sweep_values(params or {})
+    return _EXPERIMENT_SWEEPS[key]
+
+
+def _config_tree() -> tuple[str, ...]:
+    """Where :func:`compose_config` finds configs: the running Hydra's search path, or
+    medrepro's config tree."""
+    if GlobalHydra.instance().is_initialized():
+        search_path = GlobalHydra.instance().config_loader().get_search_path()
+        return tuple(f"{e.provider}:{e.path}" for e in search_path.get_path())
+    return (str(CONFIG_DIR),)
 
 
 def sweep_values(params) -> dict[str, list | None]:
