@@ -14,10 +14,17 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import REPO, compose_config
+from conftest import REPO
+from conftest import compose_config as compose_job_config
 
 from medrepro.jobs.report.allowed_checks import allowed_checks
-from medrepro.jobs.report.protocol_deviations import deviations, run_folder_deviations
+from medrepro.jobs.report.protocol_deviations import (
+    compose_config,
+    deviations,
+    experiment_config,
+    resolved_settings,
+    run_folder_deviations,
+)
 from medrepro.jobs.report.run_report import write_run_report
 
 BRAIN = "brain_mri_inception"
@@ -25,7 +32,7 @@ BRAIN = "brain_mri_inception"
 
 def _deviations(overrides: list[str], tmp_path) -> dict[str, tuple]:
     experiment = next(o.split("=", 1)[1] for o in overrides if o.startswith("experiment="))
-    cfg = compose_config(overrides, tmp_path)
+    cfg = compose_job_config(overrides, tmp_path)
     found = deviations(cfg, experiment, overrides)
     return {d["key"]: (d["experiment"], d["run"]) for d in found}
 
@@ -93,6 +100,25 @@ def test_smoke_mode_lists_what_it_changes(tmp_path):
                     "data.loader.num_workers", "trainer.enable_progress_bar",
                     "trainer.accelerator", "trainer.devices", "seed", "augment.seed")
     assert not [k for k in found if k.startswith(not_protocol)]
+
+
+@pytest.mark.parametrize("experiment, job", [
+    (BRAIN, ["seed=2"]),
+    ("pneumonia_inception_lr", ["optimizer.lr=0.0001", "seed=1", "model.pretrained=false"]),
+    ("pneumonia_xception_batch_size", ["trainer.batch_size=32", "seed=0"]),
+    ("covid3_vgg16_loss", ["loss=ce_onehot", "data.preprocess.enhance=enh", "seed=2"]),
+])
+def test_the_experiments_config_for_a_job_is_hydras_composition(experiment, job):
+    """The experiment's config with a job's swept values (set on the experiment composed
+    once per process, or composed with a group choice) equals Hydra composing
+    ``experiment=NAME`` with those values; the job's other settings are left out."""
+    made = resolved_settings(experiment_config(experiment, job))
+    swept = [o for o in job if not o.startswith("model.")]
+    composed = resolved_settings(compose_config([f"experiment={experiment}", *swept]))
+    assert {k: v for k, v in made.items() if k != "hydra"} == \
+        {k: v for k, v in composed.items() if k != "hydra"}
+    seed = next(int(o.split("=")[1]) for o in job if o.startswith("seed="))
+    assert made["seed"] == seed  # the run-to-run setting is the job's
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ running job's HydraConfig.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from medrepro.core.config_tree import CONFIG_DIR
 
@@ -58,8 +59,8 @@ PROTOCOL_CALLBACKS = ("callbacks.model_checkpoint.monitor", "callbacks.model_che
 # one protocol differ in (the seed, and what follows it, e.g. augment.seed)
 RUN_TO_RUN = ("seed",)
 MISSING = "(not set)"  # a key that only one of the two configs has
-# experiment_sweep's answers: (experiment, config tree) -> swept key -> values
-_EXPERIMENT_SWEEPS: dict[tuple, dict[str, list | None]] = {}
+# experiment_alone's answers: (experiment, config tree) -> the composed config
+_EXPERIMENTS_ALONE: dict[tuple, DictConfig] = {}
 # a component's class (Hydra's instantiation key): a component whose class differs is one deviation
 TARGET_SUFFIX = "._target_"
 
@@ -135,9 +136,15 @@ def differing_settings(first, second, prefix: str = ""):
 def experiment_config(experiment: str, overrides: list[str]) -> DictConfig:
     """The experiment's own config: ``experiment=NAME`` plus those of ``overrides`` that set
     one of the experiment's swept settings to one of the values it sweeps, or a setting of
-    :data:`RUN_TO_RUN` (the seed) to any value."""
+    :data:`RUN_TO_RUN` (the seed) to any value.
+
+    The experiment alone is composed once per process (:func:`experiment_alone`); when every
+    kept override sets a value (not a config group), the values are set on a copy of it, as
+    Hydra's compose sets them before any interpolation is resolved; a group choice (the
+    loss of study 5's arms) is composed by Hydra."""
     base = [f"{EXPERIMENT_GROUP}={experiment}"]
-    swept = experiment_sweep(experiment)
+    alone = experiment_alone(experiment)
+    swept = sweep_values(alone.hydra.sweeper.get("params") or {})
     parser = OverridesParser.create()
     kept = []
     for text in overrides:
@@ -147,18 +154,24 @@ def experiment_config(experiment: str, overrides: list[str]) -> DictConfig:
         key = override.key_or_group
         if key in RUN_TO_RUN or (key in swept and (swept[key] is None or any(
                 same_value(override.value(), v) for v in swept[key]))):
-            kept.append(text.lstrip("+"))
-    return compose_config(base + kept)
+            kept.append((text.lstrip("+"), override))
+    groups = set(alone.hydra.runtime.choices)
+    if any(o.key_or_group.replace(".", "/") in groups or o.package for _, o in kept):
+        return compose_config(base + [text for text, _ in kept])
+    config = copy.deepcopy(alone)
+    with open_dict(config):
+        for _, override in kept:
+            OmegaConf.update(config, override.key_or_group, override.value(), merge=False)
+    return config
 
 
-def experiment_sweep(experiment: str) -> dict[str, list | None]:
-    """:func:`sweep_values` of the experiment's own ``hydra.sweeper.params``, composed once
-    per config tree in a process (every job of a sweep asks for the same experiment's)."""
+def experiment_alone(experiment: str) -> DictConfig:
+    """``experiment=NAME`` composed (:func:`compose_config`), once per config tree in a
+    process: every job of a sweep asks for the same experiment's. Not to be changed."""
     key = (experiment, _config_tree())
-    if key not in _EXPERIMENT_SWEEPS:
-        params = compose_config([f"{EXPERIMENT_GROUP}={experiment}"]).hydra.sweeper.get("params")
-        _EXPERIMENT_SWEEPS[key] = sweep_values(params or {})
-    return _EXPERIMENT_SWEEPS[key]
+    if key not in _EXPERIMENTS_ALONE:
+        _EXPERIMENTS_ALONE[key] = compose_config([f"{EXPERIMENT_GROUP}={experiment}"])
+    return _EXPERIMENTS_ALONE[key]
 
 
 def _config_tree() -> tuple[str, ...]:
