@@ -139,9 +139,9 @@ def experiment_config(experiment: str, overrides: list[str]) -> DictConfig:
     :data:`RUN_TO_RUN` (the seed) to any value.
 
     The experiment alone is composed once per process (:func:`experiment_alone`); when every
-    kept override sets a value (not a config group), the values are set on a copy of it, as
-    Hydra's compose sets them before any interpolation is resolved; a group choice (the
-    loss of study 5's arms) is composed by Hydra."""
+    kept override sets a value (not a config group, not ``+key``), the values are set on a
+    copy of it as Hydra's compose sets them (merged, before any interpolation is resolved);
+    otherwise (a group choice: the loss of study 5's arms) Hydra composes."""
     base = [f"{EXPERIMENT_GROUP}={experiment}"]
     alone = experiment_alone(experiment)
     swept = sweep_values(alone.hydra.sweeper.get("params") or {})
@@ -156,12 +156,13 @@ def experiment_config(experiment: str, overrides: list[str]) -> DictConfig:
                 same_value(override.value(), v) for v in swept[key]))):
             kept.append((text.lstrip("+"), override))
     groups = set(alone.hydra.runtime.choices)
-    if any(o.key_or_group.replace(".", "/") in groups or o.package for _, o in kept):
+    if any(o.key_or_group.replace(".", "/") in groups or o.package or o.is_add() or o.is_force_add()
+           for _, o in kept):
         return compose_config(base + [text for text, _ in kept])
     config = copy.deepcopy(alone)
     with open_dict(config):
         for _, override in kept:
-            OmegaConf.update(config, override.key_or_group, override.value(), merge=False)
+            OmegaConf.update(config, override.key_or_group, override.value(), merge=True)  # as Hydra
     return config
 
 
